@@ -1,0 +1,140 @@
+//! The registry: every built-in stage listed by hand, behind an object-safe wrapper so the
+//! runner can hold stages of different `Params` types side by side.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::error::StageError;
+use crate::stage::{FileInput, InputSlot, OutputDecl, ParamError, Resource, Stage, StageContext};
+
+/// A stage's params after parsing: the typed value and its canonical JSON (defaults filled in).
+pub struct Params {
+    typed: Box<dyn Any + Send + Sync>,
+    /// The typed params serialized to JSON; what the cache key hashes.
+    pub canonical: serde_json::Value,
+}
+
+/// The object-safe face of a [`Stage`]; implemented for every stage by [`Registry::add`].
+pub trait DynStage: Send + Sync {
+    /// The stage's `kind:`.
+    fn kind(&self) -> &'static str;
+    /// The stage implementation's version.
+    fn version(&self) -> u32;
+    /// One line about the stage.
+    fn about(&self) -> &'static str;
+    /// Parses params strictly; the error names the offending field's dotted path.
+    fn parse(&self, raw: serde_yaml::Value) -> Result<Params, ParamError>;
+    /// See [`Stage::inputs`].
+    fn inputs(&self, p: &Params) -> Vec<InputSlot>;
+    /// See [`Stage::outputs`].
+    fn outputs(&self, p: &Params) -> Vec<OutputDecl>;
+    /// See [`Stage::check`].
+    fn check(&self, p: &Params) -> Vec<ParamError>;
+    /// See [`Stage::files`].
+    fn files(&self, p: &Params) -> Vec<FileInput>;
+    /// See [`Stage::resource`].
+    fn resource(&self, p: &Params) -> Resource;
+    /// See [`Stage::run`].
+    fn run(&self, p: &Params, ctx: &StageContext) -> Result<(), StageError>;
+    /// See [`Stage::summary`].
+    fn summary(&self, p: &Params, outputs: &BTreeMap<String, PathBuf>) -> Option<String>;
+}
+
+struct Wrapped<S>(S);
+
+impl<S: Stage> Wrapped<S> {
+    fn typed<'p>(&self, p: &'p Params) -> &'p S::Params {
+        p.typed
+            .downcast_ref()
+            .expect("params were parsed by the same stage")
+    }
+}
+
+impl<S: Stage> DynStage for Wrapped<S> {
+    fn kind(&self) -> &'static str {
+        S::KIND
+    }
+    fn version(&self) -> u32 {
+        S::VERSION
+    }
+    fn about(&self) -> &'static str {
+        S::ABOUT
+    }
+    fn parse(&self, raw: serde_yaml::Value) -> Result<Params, ParamError> {
+        let typed: S::Params = serde_path_to_error::deserialize(raw).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { String::new() } else { path };
+            ParamError::new(field, e.into_inner().to_string())
+        })?;
+        let canonical = serde_json::to_value(&typed)
+            .map_err(|e| ParamError::new("", format!("params do not serialize: {e}")))?;
+        Ok(Params {
+            typed: Box::new(typed),
+            canonical,
+        })
+    }
+    fn inputs(&self, p: &Params) -> Vec<InputSlot> {
+        self.0.inputs(self.typed(p))
+    }
+    fn outputs(&self, p: &Params) -> Vec<OutputDecl> {
+        self.0.outputs(self.typed(p))
+    }
+    fn check(&self, p: &Params) -> Vec<ParamError> {
+        self.0.check(self.typed(p))
+    }
+    fn files(&self, p: &Params) -> Vec<FileInput> {
+        self.0.files(self.typed(p))
+    }
+    fn resource(&self, p: &Params) -> Resource {
+        self.0.resource(self.typed(p))
+    }
+    fn run(&self, p: &Params, ctx: &StageContext) -> Result<(), StageError> {
+        self.0.run(self.typed(p), ctx)
+    }
+    fn summary(&self, p: &Params, outputs: &BTreeMap<String, PathBuf>) -> Option<String> {
+        self.0.summary(self.typed(p), outputs)
+    }
+}
+
+/// The stages a pipeline may use, by kind.
+#[derive(Default)]
+pub struct Registry {
+    stages: BTreeMap<&'static str, Box<dyn DynStage>>,
+}
+
+impl Registry {
+    /// An empty registry (tests add fake stages to it).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every built-in stage.
+    pub fn builtin() -> Self {
+        let mut r = Registry::new();
+        r.add(crate::load::Load);
+        r.add(crate::subsample::Subsample);
+        r.add(crate::score::Score);
+        r
+    }
+
+    /// Adds a stage; a second stage of the same kind replaces the first.
+    pub fn add<S: Stage>(&mut self, stage: S) {
+        self.stages.insert(S::KIND, Box::new(Wrapped(stage)));
+    }
+
+    /// The stage of `kind`, if registered.
+    pub fn get(&self, kind: &str) -> Option<&dyn DynStage> {
+        self.stages.get(kind).map(|s| s.as_ref())
+    }
+
+    /// All kinds, sorted.
+    pub fn kinds(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.stages.keys().copied()
+    }
+
+    /// All stages, sorted by kind.
+    pub fn iter(&self) -> impl Iterator<Item = &dyn DynStage> {
+        self.stages.values().map(|s| s.as_ref())
+    }
+}

@@ -1,0 +1,252 @@
+//! The `Stage` trait: what every stage declares (params, inputs, outputs, version) and the
+//! context it runs in. The runner knows stages only through this trait and the registry.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::StageError;
+
+/// What an artifact holds; an input accepts some kinds and a stage output has exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum ArtifactKind {
+    /// A table of text columns: `table.parquet` plus `meta.json`.
+    Table,
+    /// Scores: `metrics.json` plus `per_example.csv`.
+    Metrics,
+}
+
+impl fmt::Display for ArtifactKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ArtifactKind::Table => "table",
+            ArtifactKind::Metrics => "metrics",
+        })
+    }
+}
+
+/// A reference to another stage's output, written `stage` or `stage.output` in a pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InputRef {
+    /// Id of the stage that produces the input.
+    pub stage: String,
+    /// Name of the output; `None` when the stage has a single output.
+    pub output: Option<String>,
+}
+
+impl InputRef {
+    /// Whether `s` may name a stage or an output (letters, digits, `_` and `-`).
+    pub fn is_name(s: &str) -> bool {
+        InputRef::parse(s).is_ok_and(|r| r.output.is_none())
+    }
+
+    /// Parses `stage` or `stage.output`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (stage, output) = match s.split_once('.') {
+            Some((stage, output)) => (stage, Some(output)),
+            None => (s, None),
+        };
+        let valid = |part: &str| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        if !valid(stage) || !output.is_none_or(valid) {
+            return Err(format!(
+                "`{s}` is not a stage reference: write `STAGE` or `STAGE.OUTPUT`"
+            ));
+        }
+        Ok(InputRef {
+            stage: stage.to_string(),
+            output: output.map(str::to_string),
+        })
+    }
+}
+
+impl fmt::Display for InputRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.output {
+            Some(out) => write!(f, "{}.{}", self.stage, out),
+            None => f.write_str(&self.stage),
+        }
+    }
+}
+
+impl Serialize for InputRef {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for InputRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        InputRef::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// One input a stage reads: the param field it comes from, the reference, and what it accepts.
+#[derive(Debug, Clone)]
+pub struct InputSlot {
+    /// Name of the param field holding the reference (also the slot's name).
+    pub field: String,
+    /// The referenced output.
+    pub reference: InputRef,
+    /// Artifact kinds this slot accepts.
+    pub accepts: &'static [ArtifactKind],
+}
+
+/// One output a stage produces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputDecl {
+    /// Output name, referenced as `stage.name`.
+    pub name: String,
+    /// What the artifact holds.
+    pub kind: ArtifactKind,
+}
+
+/// A local file whose content (not its path) enters the cache key.
+#[derive(Debug, Clone)]
+pub struct FileInput {
+    /// The param field naming the file.
+    pub field: String,
+    /// Path as written (relative paths are relative to the working directory).
+    pub path: PathBuf,
+}
+
+/// A problem with a stage's params found before anything runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamError {
+    /// Dotted path of the field within the stage's params (empty for the stage itself).
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ParamError {
+    /// A problem with `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ParamError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The resource class a stage needs; the executor runs one `Gpu` stage at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    /// Runs on the CPU only.
+    Cpu,
+    /// Uses the accelerator.
+    Gpu,
+}
+
+/// Progress and log lines from a running stage; the runner decides how to show them.
+pub trait Progress: Send + Sync {
+    /// Sets the total amount of work (items, steps, rows).
+    fn set_total(&self, total: u64);
+    /// Adds `n` units of finished work.
+    fn inc(&self, n: u64);
+    /// A short status message.
+    fn message(&self, msg: &str);
+}
+
+/// A `Progress` that ignores everything (library use and tests).
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn set_total(&self, _: u64) {}
+    fn inc(&self, _: u64) {}
+    fn message(&self, _: &str) {}
+}
+
+/// Everything a running stage may touch: its inputs, its output folders and a work folder.
+pub struct StageContext<'a> {
+    /// The stage's id in the pipeline (for messages).
+    pub stage_id: &'a str,
+    inputs: BTreeMap<String, (PathBuf, ArtifactKind)>,
+    output_root: PathBuf,
+    /// A folder that survives failed runs of the same recipe (checkpoints live here).
+    pub work_dir: PathBuf,
+    /// Where progress goes.
+    pub progress: &'a dyn Progress,
+}
+
+impl<'a> StageContext<'a> {
+    /// A context whose outputs go under `output_root/<name>/`.
+    pub fn new(
+        stage_id: &'a str,
+        inputs: BTreeMap<String, (PathBuf, ArtifactKind)>,
+        output_root: PathBuf,
+        work_dir: PathBuf,
+        progress: &'a dyn Progress,
+    ) -> Self {
+        StageContext {
+            stage_id,
+            inputs,
+            output_root,
+            work_dir,
+            progress,
+        }
+    }
+
+    /// The artifact folder bound to input slot `field`.
+    pub fn input(&self, field: &str) -> Result<&Path, StageError> {
+        self.inputs
+            .get(field)
+            .map(|(p, _)| p.as_path())
+            .ok_or_else(|| StageError::Internal(format!("no input bound to `{field}`")))
+    }
+
+    /// The (created) folder the stage writes output `name` into.
+    pub fn output_dir(&self, name: &str) -> Result<PathBuf, StageError> {
+        let dir = self.output_root.join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| StageError::io(&dir, e))?;
+        Ok(dir)
+    }
+}
+
+/// A stage: typed params, declared inputs and outputs, a version, and `run`.
+pub trait Stage: Send + Sync + 'static {
+    /// The stage's params, parsed strictly (`deny_unknown_fields`) from the pipeline file.
+    type Params: DeserializeOwned + Serialize + Send + Sync + 'static;
+    /// The `kind:` that selects this stage in a pipeline.
+    const KIND: &'static str;
+    /// Bump to invalidate every cached output of this stage.
+    const VERSION: u32;
+    /// One line for `sumflow stages`.
+    const ABOUT: &'static str;
+
+    /// The inputs the params refer to.
+    fn inputs(&self, params: &Self::Params) -> Vec<InputSlot>;
+    /// The outputs the stage will produce with these params.
+    fn outputs(&self, params: &Self::Params) -> Vec<OutputDecl>;
+    /// Checks that need more than types (ranges, exclusive options), all at once.
+    fn check(&self, _params: &Self::Params) -> Vec<ParamError> {
+        Vec::new()
+    }
+    /// Local files whose content enters the cache key in place of their path.
+    fn files(&self, _params: &Self::Params) -> Vec<FileInput> {
+        Vec::new()
+    }
+    /// The resource class of this stage.
+    fn resource(&self, _params: &Self::Params) -> Resource {
+        Resource::Cpu
+    }
+    /// Runs the stage, writing each declared output into `ctx.output_dir(name)`.
+    fn run(&self, params: &Self::Params, ctx: &StageContext) -> Result<(), StageError>;
+    /// A human summary of finished outputs (`outputs` maps output names to artifact folders).
+    fn summary(
+        &self,
+        _params: &Self::Params,
+        _outputs: &BTreeMap<String, PathBuf>,
+    ) -> Option<String> {
+        None
+    }
+}

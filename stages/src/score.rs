@@ -3,7 +3,6 @@
 //! as the lab's "absolute percentage improvement" tables do.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -305,44 +304,42 @@ pub fn evaluate(table: &Table, source: &str, p: &ScoreParams) -> Result<(ScoreRe
 impl ScoreReport {
     /// The lab's comparison as text: a ROUGE table with intervals, then the improvements.
     pub fn render_table(&self) -> String {
-        let width = self.models.iter().map(|m| m.model.len()).max().unwrap_or(5).max(5);
-        let mut out = String::new();
         let p = &self.protocol;
-        let _ = writeln!(
-            out,
-            "ROUGE F-measure, mean over {} examples ({} pairs, references: {:?}, stemmer {}), [{}% bootstrap CI]",
+        let mode = format!("{:?}", p.reference_mode).to_lowercase();
+        let mut out = format!(
+            "ROUGE F-measure, mean over {} examples ({} pairs, references: {mode}, stemmer {}) [{}% bootstrap CI]\n",
             p.examples,
             p.pairs,
-            p.reference_mode,
             if p.use_stemmer { "on" } else { "off" },
             (p.bootstrap.confidence * 100.0).round()
         );
-        let header: String = self.metrics.iter().map(|m| format!("  {:>24}", m.name())).collect();
-        let _ = writeln!(out, "{:width$}{header}", "model");
-        for m in &self.models {
-            let cells: String = self
-                .metrics
-                .iter()
-                .map(|k| {
-                    let i = m.scores[k];
-                    format!("  {:>24}", format!("{:.4} [{:.4}, {:.4}]", i.mean, i.low, i.high))
-                })
-                .collect();
-            let _ = writeln!(out, "{:width$}{cells}", m.model);
-        }
+        let cell = |i: &Interval| format!("{:.4} [{:.4}, {:.4}]", i.mean, i.low, i.high);
+        out.push_str(&self.grid("model", &self.models, cell));
         if let Some(b) = &self.baseline {
-            let _ = writeln!(out, "\nAbsolute percentage improvement over {b} (percentage points):");
-            for m in &self.improvements {
-                let cells: String = self
-                    .metrics
-                    .iter()
-                    .map(|k| {
-                        let i = m.scores[k];
-                        format!("  {:>24}", format!("{:+.2}% [{:+.2}, {:+.2}]", i.mean, i.low, i.high))
-                    })
-                    .collect();
-                let _ = writeln!(out, "{:width$}{cells}", m.model);
-            }
+            out.push_str(&format!("\nAbsolute percentage improvement over {b} (percentage points):\n"));
+            let cell = |i: &Interval| format!("{:+.2}% [{:+.2}, {:+.2}]", i.mean, i.low, i.high);
+            out.push_str(&self.grid("model", &self.improvements, cell));
+        }
+        out
+    }
+
+    /// Rows of models × metrics, each column as wide as its widest cell.
+    fn grid(&self, corner: &str, rows: &[ModelScores], cell: impl Fn(&Interval) -> String) -> String {
+        let mut table: Vec<Vec<String>> = vec![std::iter::once(corner.to_string()).chain(self.metrics.iter().map(|m| m.name().to_string())).collect()];
+        for r in rows {
+            table.push(std::iter::once(r.model.clone()).chain(self.metrics.iter().map(|k| cell(&r.scores[k]))).collect());
+        }
+        let widths: Vec<usize> = (0..table[0].len()).map(|c| table.iter().map(|row| row[c].len()).max().unwrap_or(0)).collect();
+        let mut out = String::new();
+        for row in &table {
+            let line: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .enumerate()
+                .map(|(c, (text, w))| if c == 0 { format!("{text:w$}") } else { format!("{text:>w$}") })
+                .collect();
+            out.push_str(line.join("  ").trim_end());
+            out.push('\n');
         }
         out
     }

@@ -1,0 +1,326 @@
+//! The command line (clap): `run`, `plan`, `validate`, `graph`, `cache`, `audit`, `score`,
+//! `stages`. Each command returns its exit code; errors go back to `main` to be printed.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sumflow_stages::load::read_table;
+use sumflow_stages::score::{evaluate, ReferenceMode, ScoreParams};
+use sumflow_stages::{InputRef, Registry};
+
+use crate::cache::{self, Cache, CacheLock};
+use crate::error::Error;
+use crate::executor::{self, Outcome, RunOptions};
+use crate::graph::{self, GraphFormat};
+use crate::manifest::{self, Manifest};
+use crate::pipeline::{self, Pipeline};
+use crate::plan::{self, Selection};
+use crate::report::{self, Console};
+
+/// sumflow: declarative, cached pipelines for fine-tuning experiments.
+#[derive(Debug, Parser)]
+#[command(name = "sumflow", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    cache: CacheArg,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a pipeline: every stage the cache does not already hold.
+    Run {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        #[command(flatten)]
+        select: SelectArgs,
+        /// Stages running at once (default: the number of CPUs).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Fail if any stage would run (CI: check that nothing changed).
+        #[arg(long)]
+        frozen: bool,
+    },
+    /// Show what a run would do, and why each miss misses.
+    Plan {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        #[command(flatten)]
+        select: SelectArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Check a pipeline file without running anything.
+    Validate {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+    },
+    /// Print the stage graph.
+    Graph {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+        format: GraphFormat,
+    },
+    /// Inspect or clean the cache.
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
+    /// Check a run's artifacts against its manifest (`latest`, a run id, or a manifest path).
+    Audit {
+        /// The run.
+        run: String,
+    },
+    /// Score prediction columns of a CSV/JSONL/Parquet file with ROUGE.
+    Score {
+        /// The table.
+        file: PathBuf,
+        /// Column of reference summaries.
+        #[arg(long)]
+        references: String,
+        /// Columns of predicted summaries.
+        #[arg(long, num_args = 1.., required = true)]
+        predictions: Vec<String>,
+        /// Column the others are compared with.
+        #[arg(long)]
+        baseline: Option<String>,
+        /// How several references of one example combine.
+        #[arg(long, value_enum, default_value_t = Mode::Avg)]
+        reference_mode: Mode,
+        /// Column whose equal values mark one example's rows.
+        #[arg(long)]
+        group_by: Option<String>,
+        /// Do not stem tokens.
+        #[arg(long)]
+        no_stemmer: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ScoreFormat::Table)]
+        format: ScoreFormat,
+    },
+    /// List the stage kinds.
+    Stages,
+}
+
+#[derive(Debug, Subcommand)]
+enum CacheAction {
+    /// List cached stage runs.
+    Ls,
+    /// Remove artifacts no entry references and leftovers of interrupted runs.
+    Gc,
+    /// Re-hash every artifact; fail on corruption or missing artifacts.
+    Verify,
+}
+
+#[derive(Debug, Args)]
+struct PipelineArgs {
+    /// The pipeline file.
+    file: PathBuf,
+    /// Override a var: `--set NAME=VALUE` (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    sets: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct SelectArgs {
+    /// Rerun this stage even if cached (repeatable).
+    #[arg(long, value_name = "STAGE")]
+    force: Vec<String>,
+    /// Run only this stage and its ancestors (repeatable).
+    #[arg(long, value_name = "STAGE")]
+    only: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct CacheArg {
+    /// Cache root.
+    #[arg(long = "cache", env = "SUMFLOW_CACHE", default_value = "cache", global = true)]
+    dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ScoreFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Avg,
+    Max,
+    First,
+}
+
+impl SelectArgs {
+    fn selection(&self) -> Selection {
+        Selection { force: self.force.clone(), only: self.only.clone() }
+    }
+}
+
+fn load<'r>(args: &PipelineArgs, registry: &'r Registry) -> Result<Pipeline<'r>, Error> {
+    pipeline::load(&args.file, &args.sets, registry)
+}
+
+/// Runs the parsed command line.
+pub fn main(cli: Cli) -> Result<ExitCode, Error> {
+    let registry = Registry::builtin();
+    match cli.command {
+        Command::Run { pipeline, select, jobs, frozen } => {
+            let p = load(&pipeline, &registry)?;
+            let cache = Cache::open(&cli.cache.dir)?;
+            let mut opts = RunOptions { selection: select.selection(), frozen, ..RunOptions::default() };
+            if let Some(j) = jobs {
+                opts.jobs = j;
+            }
+            run(&p, &cache, &opts)
+        }
+        Command::Plan { pipeline, select, format } => {
+            let p = load(&pipeline, &registry)?;
+            let cache = Cache::open(&cli.cache.dir)?;
+            let plans = plan::plan(&p, &cache, &select.selection())?;
+            match format {
+                Format::Text => print!("{}", plan::render(&p, &plans)),
+                Format::Json => println!("{}", serde_json::to_string_pretty(&plans).expect("plans serialize")),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { pipeline } => {
+            let p = load(&pipeline, &registry)?;
+            println!("{}: valid pipeline `{}` with {} stages", p.path.display(), p.name, p.stages.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Graph { pipeline, format } => {
+            let p = load(&pipeline, &registry)?;
+            print!("{}", graph::render(&p, format));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cache { action } => cache_command(action, &Cache::open(&cli.cache.dir)?),
+        Command::Audit { run } => {
+            let cache = Cache::open(&cli.cache.dir)?;
+            let (path, m) = Manifest::find(&cache, &run)?;
+            let (checked, problems) = manifest::audit(&cache, &m);
+            if !problems.is_empty() {
+                return Err(Error::Audit(format!("{} ({} artifacts checked):\n  {}", path.display(), checked, problems.join("\n  "))));
+            }
+            println!("{}: run {} of `{}`: all {checked} artifacts match the manifest", path.display(), m.run_id, m.pipeline.name);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Score { file, references, predictions, baseline, reference_mode, group_by, no_stemmer, format } => {
+            score(&file, references, predictions, baseline, reference_mode, group_by, no_stemmer, format)
+        }
+        Command::Stages => {
+            for s in registry.iter() {
+                println!("{:10} v{}  {}", s.kind(), s.version(), s.about());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn run(p: &Pipeline, cache: &Cache, opts: &RunOptions) -> Result<ExitCode, Error> {
+    let started = SystemTime::now();
+    let console = Console::default();
+    let runs = executor::run(p, cache, opts, &console)?;
+    let manifest = Manifest::new(p, &runs, started, std::env::args().collect());
+    let manifest_path = manifest.write(cache)?;
+    print!("{}", report::summaries(p, &runs, cache));
+    let count = |f: fn(&Outcome) -> bool| runs.iter().filter(|r| f(&r.outcome)).count();
+    eprintln!(
+        "{} in {:.2}s: {} ran, {} cached, {} failed, {} skipped; manifest {}",
+        p.name,
+        manifest.duration_s,
+        count(|o| *o == Outcome::Ran),
+        count(|o| *o == Outcome::Hit),
+        count(|o| matches!(o, Outcome::Failed(_))),
+        count(|o| matches!(o, Outcome::Skipped(_))),
+        manifest_path.display()
+    );
+    let failed: Vec<String> = p
+        .stages
+        .iter()
+        .zip(&runs)
+        .filter(|(_, r)| matches!(r.outcome, Outcome::Failed(_)))
+        .map(|(s, _)| s.id.clone())
+        .collect();
+    if failed.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(Error::StagesFailed(failed))
+    }
+}
+
+fn cache_command(action: CacheAction, cache: &Cache) -> Result<ExitCode, Error> {
+    match action {
+        CacheAction::Ls => {
+            for e in cache::ls(cache)? {
+                let bytes: u64 = e.outputs.values().map(|o| o.bytes).sum();
+                println!("{}  {:24}  {:10}  {:>10} B  {}", &e.key[..12], format!("{}/{}", e.pipeline, e.stage), e.kind, bytes, e.created);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CacheAction::Gc => {
+            let _lock = CacheLock::acquire(&cache.path("lock"), &|pid| eprintln!("waiting for the cache lock (held by pid {pid})…"))?;
+            let r = cache::gc(cache)?;
+            println!("removed {} unreferenced artifacts ({} bytes) and {} scratch folders", r.artifacts, r.bytes, r.scratch);
+            Ok(ExitCode::SUCCESS)
+        }
+        CacheAction::Verify => {
+            let r = cache::verify(cache)?;
+            println!(
+                "{} entries, {} artifacts re-hashed; {} unreferenced artifacts, {} scratch folders (harmless)",
+                r.entries, r.artifacts, r.orphans, r.scratch
+            );
+            if r.problems.is_empty() {
+                println!("cache {} is consistent", cache.root().display());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Err(Error::Cache { path: cache.root().to_path_buf(), message: format!("{} problems:\n  {}", r.problems.len(), r.problems.join("\n  ")) })
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn score(
+    file: &Path,
+    references: String,
+    predictions: Vec<String>,
+    baseline: Option<String>,
+    mode: Mode,
+    group_by: Option<String>,
+    no_stemmer: bool,
+    format: ScoreFormat,
+) -> Result<ExitCode, Error> {
+    let input = InputRef { stage: "file".into(), output: None };
+    let mut params = ScoreParams::new(input, references, predictions, baseline);
+    params.use_stemmer = !no_stemmer;
+    params.group_by = group_by;
+    params.reference_mode = match mode {
+        Mode::Avg => ReferenceMode::Avg,
+        Mode::Max => ReferenceMode::Max,
+        Mode::First => ReferenceMode::First,
+    };
+    if let Some(e) = params.check().into_iter().next() {
+        return Err(Error::Usage(format!("--{}: {}", e.field.replace('_', "-"), e.message)));
+    }
+    let source = file.display().to_string();
+    let stage_error = |source| Error::Stage { stage: "score".into(), kind: "score".into(), source };
+    let table = read_table(file, None).map_err(stage_error)?;
+    let (report, _) = evaluate(&table, &source, &params).map_err(stage_error)?;
+    match format {
+        ScoreFormat::Table => print!("{}", report.render_table()),
+        ScoreFormat::Json => println!("{}", serde_json::to_string_pretty(&report).expect("reports serialize")),
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,218 @@
+//! Runs a pipeline: plans it, then executes the misses in dependency order on worker threads
+//! (at most `jobs` at once, one GPU stage at a time), committing each stage's outputs to the
+//! cache as it finishes. A failed stage's descendants are skipped; independent stages go on,
+//! and everything that finished stays cached. It reports through [`Reporter`] and never prints.
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use sumflow_stages::{Progress, Resource, StageContext, StageError};
+
+use crate::cache::{Cache, CacheLock, Entry};
+use crate::error::Error;
+use crate::pipeline::Pipeline;
+use crate::plan::{self, Selection, StagePlan, Status};
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Stages to force and to restrict to.
+    pub selection: Selection,
+    /// Stages running at once.
+    pub jobs: usize,
+    /// GPU stages running at once.
+    pub gpu_slots: usize,
+    /// Fail instead of running anything.
+    pub frozen: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            selection: Selection::default(),
+            jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            gpu_slots: 1,
+            frozen: false,
+        }
+    }
+}
+
+/// What happened to one stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Outputs came from the cache.
+    Hit,
+    /// It ran and its outputs were committed.
+    Ran,
+    /// It failed (the message).
+    Failed(String),
+    /// It did not run: an input failed, or `--only` left it out.
+    Skipped(String),
+}
+
+/// The result of one stage in a run.
+#[derive(Debug, Clone)]
+pub struct StageRun {
+    /// What happened.
+    pub outcome: Outcome,
+    /// The recipe key.
+    pub key: String,
+    /// Time spent running (zero for hits).
+    pub duration: Duration,
+    /// The cache entry, for hits and successful runs.
+    pub entry: Option<Entry>,
+}
+
+/// Events for the reporter, in the order they happen.
+pub enum Event<'a> {
+    /// The plan is made: these stages hit, these will run.
+    Planned(&'a [StagePlan]),
+    /// Stage `i` started.
+    Started(usize),
+    /// Stage `i` finished (with its outcome).
+    Finished(usize, &'a StageRun),
+}
+
+/// Where the executor's events and stages' progress go.
+pub trait Reporter: Sync {
+    /// An event.
+    fn event(&self, p: &Pipeline, e: Event);
+    /// A progress sink for stage `i`.
+    fn progress(&self, p: &Pipeline, i: usize) -> Box<dyn Progress + '_>;
+    /// Another run holds the cache lock; we wait.
+    fn waiting_for_lock(&self, holder: &str);
+}
+
+/// Runs `p` against `cache`; returns every stage's result in `p.stages` order.
+pub fn run(p: &Pipeline, cache: &Cache, opts: &RunOptions, reporter: &dyn Reporter) -> Result<Vec<StageRun>, Error> {
+    let _lock = CacheLock::acquire(&cache.path("lock"), &|holder| reporter.waiting_for_lock(holder))?;
+    cache.clear_scratch()?;
+    let plans = plan::plan(p, cache, &opts.selection)?;
+    reporter.event(p, Event::Planned(&plans));
+    if opts.frozen {
+        let misses: Vec<String> =
+            plans.iter().filter(|s| s.status == Status::Miss).map(|s| format!("{} ({})", s.id, s.reasons.join("; "))).collect();
+        if !misses.is_empty() {
+            return Err(Error::Frozen(format!("{} stage(s) would run: {}", misses.len(), misses.join(", "))));
+        }
+    }
+
+    let mut runs: Vec<Option<StageRun>> = plans
+        .iter()
+        .map(|s| match s.status {
+            Status::Hit => Some(StageRun { outcome: Outcome::Hit, key: s.key.clone(), duration: Duration::ZERO, entry: s.entry.clone() }),
+            Status::Skipped => Some(StageRun { outcome: Outcome::Skipped("not selected".into()), key: s.key.clone(), duration: Duration::ZERO, entry: None }),
+            Status::Miss => None,
+        })
+        .collect();
+    for (i, r) in runs.iter().enumerate() {
+        if let Some(r) = r {
+            reporter.event(p, Event::Finished(i, r));
+        }
+    }
+
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::channel::<(usize, Result<Entry, StageError>, Duration)>();
+        let mut running = 0;
+        let mut gpu_running = 0;
+        let mut started = vec![false; p.stages.len()];
+        loop {
+            // Skip stages whose inputs failed; start those whose inputs are ready.
+            for &i in &p.order {
+                if runs[i].is_some() || started[i] {
+                    continue;
+                }
+                let node = &p.stages[i];
+                if let Some(bad) = node.inputs.iter().find(|b| matches!(runs[b.stage].as_ref().map(|r| &r.outcome), Some(Outcome::Failed(_) | Outcome::Skipped(_)))) {
+                    let run = StageRun { outcome: Outcome::Skipped(format!("input `{}` did not run", p.stages[bad.stage].id)), key: plans[i].key.clone(), duration: Duration::ZERO, entry: None };
+                    reporter.event(p, Event::Finished(i, &run));
+                    runs[i] = Some(run);
+                    continue;
+                }
+                let ready = node.inputs.iter().all(|b| runs[b.stage].as_ref().is_some_and(|r| r.entry.is_some()));
+                let gpu = node.resource == Resource::Gpu;
+                if !ready || running >= opts.jobs.max(1) || (gpu && gpu_running >= opts.gpu_slots.max(1)) {
+                    continue;
+                }
+                let inputs: BTreeMap<String, (PathBuf, sumflow_stages::ArtifactKind)> = node
+                    .inputs
+                    .iter()
+                    .map(|b| {
+                        let entry = runs[b.stage].as_ref().and_then(|r| r.entry.as_ref()).expect("ready");
+                        (b.field.clone(), (cache.artifact(&entry.outputs[&b.output].digest), b.kind))
+                    })
+                    .collect();
+                started[i] = true;
+                running += 1;
+                gpu_running += usize::from(gpu);
+                reporter.event(p, Event::Started(i));
+                let tx = tx.clone();
+                let plan = &plans[i];
+                scope.spawn(move || {
+                    let t0 = Instant::now();
+                    let result = run_stage(p, i, plan, inputs, cache, reporter);
+                    let _ = tx.send((i, result, t0.elapsed()));
+                });
+            }
+            if running == 0 {
+                break;
+            }
+            let (i, result, duration) = rx.recv().expect("a worker is running");
+            running -= 1;
+            gpu_running -= usize::from(p.stages[i].resource == Resource::Gpu);
+            let run = match result {
+                Ok(entry) => StageRun { outcome: Outcome::Ran, key: plans[i].key.clone(), duration, entry: Some(entry) },
+                Err(e) => StageRun { outcome: Outcome::Failed(e.to_string()), key: plans[i].key.clone(), duration, entry: None },
+            };
+            reporter.event(p, Event::Finished(i, &run));
+            runs[i] = Some(run);
+        }
+    });
+
+    let runs: Vec<StageRun> = runs.into_iter().map(|r| r.expect("every stage settled")).collect();
+    for run in &runs {
+        if let (Outcome::Hit | Outcome::Ran, Some(entry)) = (&run.outcome, &run.entry) {
+            cache.set_history(entry)?;
+        }
+    }
+    Ok(runs)
+}
+
+/// Runs one stage into a scratch folder and commits its outputs; a panic becomes an error.
+fn run_stage(
+    p: &Pipeline,
+    i: usize,
+    plan: &StagePlan,
+    inputs: BTreeMap<String, (PathBuf, sumflow_stages::ArtifactKind)>,
+    cache: &Cache,
+    reporter: &dyn Reporter,
+) -> Result<Entry, StageError> {
+    let node = &p.stages[i];
+    let internal = |e: Error| StageError::Internal(e.to_string());
+    let scratch = cache.scratch(&plan.key).map_err(internal)?;
+    let progress = reporter.progress(p, i);
+    let ctx = StageContext::new(&node.id, inputs, scratch.clone(), cache.work_dir(&plan.key), progress.as_ref());
+    let t0 = Instant::now();
+    let result = catch_unwind(AssertUnwindSafe(|| node.stage.run(&node.params, &ctx))).unwrap_or_else(|panic| {
+        let msg = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+        Err(StageError::Internal(format!("the stage panicked: {}", msg.unwrap_or_else(|| "(no message)".into()))))
+    });
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&scratch);
+        return Err(e);
+    }
+    let entry = Entry {
+        key: plan.key.clone(),
+        pipeline: p.name.clone(),
+        stage: node.id.clone(),
+        kind: node.stage.kind().to_string(),
+        recipe: plan.recipe.json.clone(),
+        outputs: BTreeMap::new(),
+        created: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        duration_s: t0.elapsed().as_secs_f64(),
+    };
+    cache.commit(&scratch, &node.outputs, entry).map_err(internal)
+}

@@ -1,0 +1,116 @@
+//! The stage graph (petgraph): a topological order, a cycle named stage by stage, and DOT or
+//! Mermaid renderings for `sumflow graph`.
+
+use std::collections::{HashMap, VecDeque};
+
+use petgraph::algo::{tarjan_scc, toposort};
+use petgraph::graph::{DiGraph, NodeIndex};
+
+use crate::pipeline::Pipeline;
+
+/// Edges `from → to` between `n` nodes: a topological order, or one cycle as node indices
+/// (first node repeated at the end).
+pub fn order(n: usize, edges: &[(usize, usize)]) -> Result<Vec<usize>, Vec<usize>> {
+    let mut g: DiGraph<usize, ()> = DiGraph::new();
+    let nodes: Vec<NodeIndex> = (0..n).map(|i| g.add_node(i)).collect();
+    for &(a, b) in edges {
+        g.add_edge(nodes[a], nodes[b], ());
+    }
+    match toposort(&g, None) {
+        Ok(order) => Ok(order.into_iter().map(|ix| g[ix]).collect()),
+        Err(_) => Err(find_cycle(&g)),
+    }
+}
+
+/// A cycle inside the first strongly connected component that has one.
+fn find_cycle(g: &DiGraph<usize, ()>) -> Vec<usize> {
+    let scc = tarjan_scc(g)
+        .into_iter()
+        .find(|c| c.len() > 1 || g.contains_edge(c[0], c[0]))
+        .expect("toposort found a cycle");
+    let start = scc[0];
+    // Breadth-first from `start` inside the component until we come back to it.
+    let mut parent: HashMap<NodeIndex, NodeIndex> = HashMap::new();
+    let mut queue = VecDeque::from([start]);
+    while let Some(node) = queue.pop_front() {
+        for next in g.neighbors(node) {
+            if next == start {
+                // Walk the parents back from `node` to `start`, then close the loop.
+                let mut chain = vec![node];
+                while *chain.last().expect("not empty") != start {
+                    chain.push(parent[chain.last().expect("not empty")]);
+                }
+                let mut cycle: Vec<usize> = chain.iter().rev().map(|&ix| g[ix]).collect();
+                cycle.push(g[start]);
+                return cycle;
+            }
+            if scc.contains(&next) && !parent.contains_key(&next) && next != start {
+                parent.insert(next, node);
+                queue.push_back(next);
+            }
+        }
+    }
+    unreachable!("a strongly connected component has a cycle through each node")
+}
+
+/// Output format of `sumflow graph`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GraphFormat {
+    /// Graphviz DOT.
+    Dot,
+    /// A Mermaid flowchart.
+    Mermaid,
+}
+
+/// Renders the pipeline's stages and the outputs flowing between them.
+pub fn render(p: &Pipeline, format: GraphFormat) -> String {
+    let mut out = String::new();
+    let edges = p.stages.iter().flat_map(|s| {
+        s.inputs.iter().map(move |b| (p.stages[b.stage].id.as_str(), s.id.as_str(), b.output.as_str()))
+    });
+    match format {
+        GraphFormat::Dot => {
+            out.push_str(&format!("digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box];\n", p.name));
+            for s in &p.stages {
+                out.push_str(&format!("  \"{}\" [label=\"{}\\n({})\"];\n", s.id, s.id, s.stage.kind()));
+            }
+            for (from, to, output) in edges {
+                out.push_str(&format!("  \"{from}\" -> \"{to}\" [label=\"{output}\"];\n"));
+            }
+            out.push_str("}\n");
+        }
+        GraphFormat::Mermaid => {
+            out.push_str("flowchart LR\n");
+            for s in &p.stages {
+                out.push_str(&format!("  {}[\"{}<br/>({})\"]\n", s.id, s.id, s.stage.kind()));
+            }
+            for (from, to, output) in edges {
+                out.push_str(&format!("  {from} -->|{output}| {to}\n"));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orders_inputs_first() {
+        let order = order(3, &[(2, 1), (1, 0)]).unwrap();
+        assert_eq!(order, [2, 1, 0]);
+    }
+
+    #[test]
+    fn names_the_cycle() {
+        // 0 → 1 → 2 → 0, and 3 hangs off it.
+        let cycle = order(4, &[(0, 1), (1, 2), (2, 0), (2, 3)]).unwrap_err();
+        assert_eq!(cycle.len(), 4);
+        assert_eq!(cycle.first(), cycle.last());
+        for w in cycle.windows(2) {
+            assert!([(0, 1), (1, 2), (2, 0)].contains(&(w[0], w[1])), "{cycle:?}");
+        }
+        assert_eq!(order(1, &[(0, 0)]).unwrap_err(), [0, 0]);
+    }
+}

@@ -1,0 +1,152 @@
+//! Where each key and value of a pipeline file sits (line, column), found by walking
+//! yaml-rust2's parse events, so errors about `stages.scores.baseline` can point at the line.
+//! serde_yaml does the deserializing; this index only answers "where is this path?".
+
+use std::collections::HashMap;
+
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::Marker;
+
+/// A 1-based line and column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pos {
+    /// Line, from 1.
+    pub line: usize,
+    /// Column in characters, from 1.
+    pub col: usize,
+}
+
+/// Positions of keys and values by dotted path (`stages.scores.predictions[1]`).
+#[derive(Debug, Default)]
+pub struct SpanIndex {
+    keys: HashMap<String, Pos>,
+    values: HashMap<String, Pos>,
+}
+
+impl SpanIndex {
+    /// Indexes `text`; a file that does not parse gives an empty index (serde_yaml reports why).
+    pub fn new(text: &str) -> SpanIndex {
+        let mut builder = Builder::default();
+        let mut parser = Parser::new_from_str(text);
+        if parser.load(&mut builder, false).is_err() {
+            return SpanIndex::default();
+        }
+        builder.index
+    }
+
+    /// Where the key of `path` is, else its value, else the nearest enclosing path's.
+    pub fn find(&self, path: &str) -> Option<Pos> {
+        let mut path = path.trim_end_matches('.');
+        loop {
+            if let Some(p) = self.keys.get(path).or_else(|| self.values.get(path)) {
+                return Some(*p);
+            }
+            let cut = path.rfind(['.', '['])?;
+            path = &path[..cut];
+        }
+    }
+
+    /// Where the value of `path` is (else as [`SpanIndex::find`]).
+    pub fn find_value(&self, path: &str) -> Option<Pos> {
+        self.values.get(path).copied().or_else(|| self.find(path))
+    }
+}
+
+enum Frame {
+    Map { path: String, key: Option<String> },
+    Seq { path: String, index: usize },
+}
+
+#[derive(Default)]
+struct Builder {
+    stack: Vec<Frame>,
+    index: SpanIndex,
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+impl Builder {
+    /// The path of the node that starts now: the current key or sequence slot.
+    fn node_path(&self) -> String {
+        match self.stack.last() {
+            None => String::new(),
+            Some(Frame::Map { path, key }) => join(path, key.as_deref().unwrap_or("?")),
+            Some(Frame::Seq { path, index }) => format!("{path}[{index}]"),
+        }
+    }
+
+    /// A value just ended: the parent map wants a key next, a sequence moves on.
+    fn value_done(&mut self) {
+        match self.stack.last_mut() {
+            Some(Frame::Map { key, .. }) => *key = None,
+            Some(Frame::Seq { index, .. }) => *index += 1,
+            None => {}
+        }
+    }
+
+    fn expecting_key(&self) -> bool {
+        matches!(self.stack.last(), Some(Frame::Map { key: None, .. }))
+    }
+}
+
+impl MarkedEventReceiver for Builder {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        let pos = Pos {
+            line: mark.line(),
+            col: mark.col() + 1,
+        };
+        match ev {
+            Event::Scalar(value, ..) if self.expecting_key() => {
+                let path = match self.stack.last() {
+                    Some(Frame::Map { path, .. }) => join(path, &value),
+                    _ => unreachable!("expecting_key implies a map"),
+                };
+                self.index.keys.insert(path, pos);
+                if let Some(Frame::Map { key, .. }) = self.stack.last_mut() {
+                    *key = Some(value);
+                }
+            }
+            Event::Scalar(..) | Event::Alias(_) => {
+                self.index.values.insert(self.node_path(), pos);
+                self.value_done();
+            }
+            Event::MappingStart(..) | Event::SequenceStart(..) => {
+                let path = self.node_path();
+                self.index.values.insert(path.clone(), pos);
+                self.stack.push(if matches!(ev, Event::MappingStart(..)) {
+                    Frame::Map { path, key: None }
+                } else {
+                    Frame::Seq { path, index: 0 }
+                });
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                self.stack.pop();
+                self.value_done();
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_keys_values_and_sequence_items() {
+        let text = "name: x\nstages:\n  a: {kind: load, path: f.csv}\n  b:\n    kind: score\n    predictions: [p, q]\n";
+        let idx = SpanIndex::new(text);
+        assert_eq!(idx.find("stages.a"), Some(Pos { line: 3, col: 3 }));
+        assert_eq!(idx.find("stages.a.path"), Some(Pos { line: 3, col: 21 }));
+        assert_eq!(idx.find_value("stages.a.path"), Some(Pos { line: 3, col: 27 }));
+        assert_eq!(idx.find("stages.b.predictions[1]"), Some(Pos { line: 6, col: 22 }));
+        // An unknown path falls back to its nearest known parent.
+        assert_eq!(idx.find("stages.b.nope"), Some(Pos { line: 4, col: 3 }));
+    }
+}

@@ -1,0 +1,153 @@
+//! Validation: every stage's kind and typed params, every reference and its kind, and the
+//! absence of cycles — all problems collected, none run until there are none.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde_yaml::Value;
+use sumflow_stages::{InputRef, Registry};
+
+use super::schema::RawPipeline;
+use super::span::SpanIndex;
+use super::{BoundInput, Pipeline, StageNode};
+use crate::diagnostic::Diagnostic;
+use crate::graph;
+
+pub(super) fn validate<'r>(
+    raw: RawPipeline,
+    path: &Path,
+    file_hash: String,
+    registry: &'r Registry,
+    spans: &SpanIndex,
+    already_reported: &HashSet<String>,
+    mut errors: Vec<Diagnostic>,
+) -> Result<Pipeline<'r>, Vec<Diagnostic>> {
+    let mut error = |path: String, message: String| {
+        // Point at the value when the complaint is about it (a kind), else at the key.
+        let pos = if path.ends_with(".kind") { spans.find_value(&path) } else { spans.find(&path) };
+        errors.push(Diagnostic { path, message, pos });
+    };
+
+    // 1. Each stage on its own: id, kind, typed params, the stage's own checks.
+    let mut parsed: Vec<Option<StageNode>> = Vec::new();
+    let ids: Vec<String> = raw.stages.keys().cloned().collect();
+    for (id, value) in raw.stages {
+        let at = format!("stages.{id}");
+        parsed.push(None);
+        if already_reported.contains(&id) {
+            continue;
+        }
+        if !InputRef::is_name(&id) {
+            error(at.clone(), format!("stage id `{id}` may hold only letters, digits, `_` and `-`"));
+            continue;
+        }
+        let Value::Mapping(mut map) = value else {
+            error(at, "a stage is a mapping with `kind:` and its params".into());
+            continue;
+        };
+        let kind = match map.remove("kind") {
+            Some(Value::String(kind)) => kind,
+            Some(_) => {
+                error(format!("{at}.kind"), "must be a string".into());
+                continue;
+            }
+            None => {
+                error(at, format!("missing `kind` (one of: {})", registry.kinds().collect::<Vec<_>>().join(", ")));
+                continue;
+            }
+        };
+        let Some(stage) = registry.get(&kind) else {
+            error(format!("{at}.kind"), format!("unknown kind `{kind}` (known: {})", registry.kinds().collect::<Vec<_>>().join(", ")));
+            continue;
+        };
+        let params = match stage.parse(Value::Mapping(map)) {
+            Ok(p) => p,
+            Err(e) => {
+                let field = if e.field.is_empty() { at } else { format!("{at}.{}", e.field) };
+                error(field, e.message);
+                continue;
+            }
+        };
+        let problems = stage.check(&params);
+        if !problems.is_empty() {
+            for e in problems {
+                let field = if e.field.is_empty() { at.clone() } else { format!("{at}.{}", e.field) };
+                error(field, e.message);
+            }
+            continue;
+        }
+        let last = parsed.last_mut().expect("pushed above");
+        *last = Some(StageNode {
+            outputs: stage.outputs(&params),
+            files: stage.files(&params),
+            resource: stage.resource(&params),
+            inputs: Vec::new(),
+            id,
+            stage,
+            params,
+        });
+    }
+
+    // 2. References: the stage exists, the output exists, its kind is accepted.
+    let mut edges = Vec::new();
+    for i in 0..parsed.len() {
+        let Some(node) = &parsed[i] else { continue };
+        let slots = node.stage.inputs(&node.params);
+        let mut bound = Vec::new();
+        for slot in slots {
+            let at = format!("stages.{}.{}", node.id, slot.field);
+            let r = &slot.reference;
+            let Some(j) = ids.iter().position(|id| *id == r.stage) else {
+                error(at, format!("no stage `{}` (stages: {})", r.stage, ids.join(", ")));
+                continue;
+            };
+            let Some(producer) = &parsed[j] else { continue }; // its own error is reported
+            let names: Vec<&str> = producer.outputs.iter().map(|o| o.name.as_str()).collect();
+            let output = match (&r.output, producer.outputs.as_slice()) {
+                (Some(name), _) => producer.outputs.iter().find(|o| &o.name == name),
+                (None, [only]) => Some(only),
+                (None, _) => {
+                    error(at, format!("stage `{}` has outputs {}: say which, e.g. `{}.{}`", r.stage, names.join(", "), r.stage, names[0]));
+                    continue;
+                }
+            };
+            let Some(output) = output else {
+                error(at, format!("stage `{}` has no output `{}` (outputs: {})", r.stage, r.output.as_deref().unwrap_or(""), names.join(", ")));
+                continue;
+            };
+            if !slot.accepts.contains(&output.kind) {
+                let accepts: Vec<String> = slot.accepts.iter().map(|k| k.to_string()).collect();
+                error(at, format!("`{r}` is a {} but `{}` takes a {}", output.kind, slot.field, accepts.join(" or ")));
+                continue;
+            }
+            edges.push((j, i));
+            bound.push(BoundInput { field: slot.field.clone(), stage: j, output: output.name.clone(), kind: output.kind });
+        }
+        if let Some(node) = &mut parsed[i] {
+            node.inputs = bound;
+        }
+    }
+
+    // 3. No cycles.
+    let order = match graph::order(parsed.len(), &edges) {
+        Ok(order) => order,
+        Err(cycle) => {
+            let names: Vec<&str> = cycle.iter().map(|&i| ids[i].as_str()).collect();
+            error(format!("stages.{}", names[0]), format!("cycle: {}", names.join(" → ")));
+            Vec::new()
+        }
+    };
+
+    if !errors.is_empty() {
+        errors.sort_by_key(|d| d.pos.map(|p| (p.line, p.col)));
+        return Err(errors);
+    }
+    Ok(Pipeline {
+        name: raw.name,
+        path: path.to_path_buf(),
+        file_hash,
+        vars: raw.vars,
+        stages: parsed.into_iter().map(|n| n.expect("no errors means every stage parsed")).collect(),
+        order,
+    })
+}

@@ -1,1 +1,11 @@
-//! Integration tests
+//! sumflow's integration tests: one test binary. The runner is exercised with fake stages
+//! (`executor`) and through the `sumflow` binary on real data (`validate`, `load`, `cache`,
+//! `lab`).
+
+mod common;
+
+mod cache;
+mod executor;
+mod lab;
+mod load;
+mod validate;

@@ -211,9 +211,19 @@ pub fn main(cli: Cli) -> Result<ExitCode, Error> {
             let (path, m) = Manifest::find(&cache, &run)?;
             let (checked, problems) = manifest::audit(&cache, &m);
             if !problems.is_empty() {
-                return Err(Error::Audit(format!("{} ({} artifacts checked):\n  {}", path.display(), checked, problems.join("\n  "))));
+                return Err(Error::Audit(format!(
+                    "{} ({} artifacts checked):\n  {}",
+                    path.display(),
+                    checked,
+                    problems.join("\n  ")
+                )));
             }
-            println!("{}: run {} of `{}`: all {checked} artifacts match the manifest", path.display(), m.run_id, m.pipeline.name);
+            println!(
+                "{}: run {} of `{}`: all {checked} artifacts match the manifest",
+                path.display(),
+                m.run_id,
+                m.pipeline.name
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Score { file, references, predictions, baseline, reference_mode, group_by, no_stemmer, format } => {
@@ -265,14 +275,26 @@ fn cache_command(action: CacheAction, cache: &Cache) -> Result<ExitCode, Error> 
         CacheAction::Ls => {
             for e in cache::ls(cache)? {
                 let bytes: u64 = e.outputs.values().map(|o| o.bytes).sum();
-                println!("{}  {:24}  {:10}  {:>10} B  {}", &e.key[..12], format!("{}/{}", e.pipeline, e.stage), e.kind, bytes, e.created);
+                println!(
+                    "{}  {:24}  {:10}  {:>10} B  {}",
+                    &e.key[..12],
+                    format!("{}/{}", e.pipeline, e.stage),
+                    e.kind,
+                    bytes,
+                    e.created
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
         CacheAction::Gc => {
-            let _lock = CacheLock::acquire(&cache.path("lock"), &|pid| eprintln!("waiting for the cache lock (held by pid {pid})…"))?;
+            let _lock = CacheLock::acquire(&cache.path("lock"), &|pid| {
+                eprintln!("waiting for the cache lock (held by pid {pid})…")
+            })?;
             let r = cache::gc(cache)?;
-            println!("removed {} unreferenced artifacts ({} bytes) and {} scratch folders", r.artifacts, r.bytes, r.scratch);
+            println!(
+                "removed {} unreferenced artifacts ({} bytes) and {} scratch folders",
+                r.artifacts, r.bytes, r.scratch
+            );
             Ok(ExitCode::SUCCESS)
         }
         CacheAction::Verify => {
@@ -285,7 +307,10 @@ fn cache_command(action: CacheAction, cache: &Cache) -> Result<ExitCode, Error> 
                 println!("cache {} is consistent", cache.root().display());
                 Ok(ExitCode::SUCCESS)
             } else {
-                Err(Error::Cache { path: cache.root().to_path_buf(), message: format!("{} problems:\n  {}", r.problems.len(), r.problems.join("\n  ")) })
+                Err(Error::Cache {
+                    path: cache.root().to_path_buf(),
+                    message: format!("{} problems:\n  {}", r.problems.len(), r.problems.join("\n  ")),
+                })
             }
         }
     }

@@ -93,8 +93,11 @@ pub fn run(p: &Pipeline, cache: &Cache, opts: &RunOptions, reporter: &dyn Report
     let plans = plan::plan(p, cache, &opts.selection)?;
     reporter.event(p, Event::Planned(&plans));
     if opts.frozen {
-        let misses: Vec<String> =
-            plans.iter().filter(|s| s.status == Status::Miss).map(|s| format!("{} ({})", s.id, s.reasons.join("; "))).collect();
+        let misses: Vec<String> = plans
+            .iter()
+            .filter(|s| s.status == Status::Miss)
+            .map(|s| format!("{} ({})", s.id, s.reasons.join("; ")))
+            .collect();
         if !misses.is_empty() {
             return Err(Error::Frozen(format!("{} stage(s) would run: {}", misses.len(), misses.join(", "))));
         }
@@ -103,8 +106,18 @@ pub fn run(p: &Pipeline, cache: &Cache, opts: &RunOptions, reporter: &dyn Report
     let mut runs: Vec<Option<StageRun>> = plans
         .iter()
         .map(|s| match s.status {
-            Status::Hit => Some(StageRun { outcome: Outcome::Hit, key: s.key.clone(), duration: Duration::ZERO, entry: s.entry.clone() }),
-            Status::Skipped => Some(StageRun { outcome: Outcome::Skipped("not selected".into()), key: s.key.clone(), duration: Duration::ZERO, entry: None }),
+            Status::Hit => Some(StageRun {
+                outcome: Outcome::Hit,
+                key: s.key.clone(),
+                duration: Duration::ZERO,
+                entry: s.entry.clone(),
+            }),
+            Status::Skipped => Some(StageRun {
+                outcome: Outcome::Skipped("not selected".into()),
+                key: s.key.clone(),
+                duration: Duration::ZERO,
+                entry: None,
+            }),
             Status::Miss => None,
         })
         .collect();
@@ -126,8 +139,15 @@ pub fn run(p: &Pipeline, cache: &Cache, opts: &RunOptions, reporter: &dyn Report
                     continue;
                 }
                 let node = &p.stages[i];
-                if let Some(bad) = node.inputs.iter().find(|b| matches!(runs[b.stage].as_ref().map(|r| &r.outcome), Some(Outcome::Failed(_) | Outcome::Skipped(_)))) {
-                    let run = StageRun { outcome: Outcome::Skipped(format!("input `{}` did not run", p.stages[bad.stage].id)), key: plans[i].key.clone(), duration: Duration::ZERO, entry: None };
+                if let Some(bad) = node.inputs.iter().find(|b| {
+                    matches!(runs[b.stage].as_ref().map(|r| &r.outcome), Some(Outcome::Failed(_) | Outcome::Skipped(_)))
+                }) {
+                    let run = StageRun {
+                        outcome: Outcome::Skipped(format!("input `{}` did not run", p.stages[bad.stage].id)),
+                        key: plans[i].key.clone(),
+                        duration: Duration::ZERO,
+                        entry: None,
+                    };
                     reporter.event(p, Event::Finished(i, &run));
                     runs[i] = Some(run);
                     continue;
@@ -164,8 +184,15 @@ pub fn run(p: &Pipeline, cache: &Cache, opts: &RunOptions, reporter: &dyn Report
             running -= 1;
             gpu_running -= usize::from(p.stages[i].resource == Resource::Gpu);
             let run = match result {
-                Ok(entry) => StageRun { outcome: Outcome::Ran, key: plans[i].key.clone(), duration, entry: Some(entry) },
-                Err(e) => StageRun { outcome: Outcome::Failed(e.to_string()), key: plans[i].key.clone(), duration, entry: None },
+                Ok(entry) => {
+                    StageRun { outcome: Outcome::Ran, key: plans[i].key.clone(), duration, entry: Some(entry) }
+                }
+                Err(e) => StageRun {
+                    outcome: Outcome::Failed(e.to_string()),
+                    key: plans[i].key.clone(),
+                    duration,
+                    entry: None,
+                },
             };
             reporter.event(p, Event::Finished(i, &run));
             runs[i] = Some(run);
@@ -197,7 +224,8 @@ fn run_stage(
     let ctx = StageContext::new(&node.id, inputs, scratch.clone(), cache.work_dir(&plan.key), progress.as_ref());
     let t0 = Instant::now();
     let result = catch_unwind(AssertUnwindSafe(|| node.stage.run(&node.params, &ctx))).unwrap_or_else(|panic| {
-        let msg = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+        let msg =
+            panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
         Err(StageError::Internal(format!("the stage panicked: {}", msg.unwrap_or_else(|| "(no message)".into()))))
     });
     if let Err(e) = result {

@@ -24,10 +24,8 @@ pub fn order(n: usize, edges: &[(usize, usize)]) -> Result<Vec<usize>, Vec<usize
 
 /// A cycle inside the first strongly connected component that has one.
 fn find_cycle(g: &DiGraph<usize, ()>) -> Vec<usize> {
-    let scc = tarjan_scc(g)
-        .into_iter()
-        .find(|c| c.len() > 1 || g.contains_edge(c[0], c[0]))
-        .expect("toposort found a cycle");
+    let scc =
+        tarjan_scc(g).into_iter().find(|c| c.len() > 1 || g.contains_edge(c[0], c[0])).expect("toposort found a cycle");
     let start = scc[0];
     // Breadth-first from `start` inside the component until we come back to it.
     let mut parent: HashMap<NodeIndex, NodeIndex> = HashMap::new();
@@ -65,9 +63,10 @@ pub enum GraphFormat {
 /// Renders the pipeline's stages and the outputs flowing between them.
 pub fn render(p: &Pipeline, format: GraphFormat) -> String {
     let mut out = String::new();
-    let edges = p.stages.iter().flat_map(|s| {
-        s.inputs.iter().map(move |b| (p.stages[b.stage].id.as_str(), s.id.as_str(), b.output.as_str()))
-    });
+    let edges = p
+        .stages
+        .iter()
+        .flat_map(|s| s.inputs.iter().map(move |b| (p.stages[b.stage].id.as_str(), s.id.as_str(), b.output.as_str())));
     match format {
         GraphFormat::Dot => {
             out.push_str(&format!("digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box];\n", p.name));

@@ -100,7 +100,8 @@ impl Host {
 
 /// A new run id for a run started at `t`.
 pub fn run_id(t: SystemTime) -> String {
-    let stamp: String = humantime::format_rfc3339_millis(t).to_string().chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    let stamp: String =
+        humantime::format_rfc3339_millis(t).to_string().chars().filter(|c| c.is_ascii_alphanumeric()).collect();
     let salt = blake3::hash(format!("{:?}{}", t, std::process::id()).as_bytes()).to_hex();
     format!("{stamp}-{}", &salt[..6])
 }
@@ -171,7 +172,8 @@ impl Manifest {
             runs.join(format!("{run}.json"))
         };
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let m = serde_json::from_str(&text).map_err(|e| Error::Cache { path: path.clone(), message: format!("not a run manifest: {e}") })?;
+        let m = serde_json::from_str(&text)
+            .map_err(|e| Error::Cache { path: path.clone(), message: format!("not a run manifest: {e}") })?;
         Ok((path, m))
     }
 }
@@ -198,9 +200,19 @@ pub fn audit(cache: &Cache, m: &Manifest) -> (usize, Vec<String>) {
             for file in files {
                 match (rec.files.get(file), now.files.get(file)) {
                     (Some(a), Some(b)) if a == b => {}
-                    (Some(_), Some(_)) => problems.push(format!("{}.{name}: {} changed (content no longer matches its digest)", s.id, dir.join(file).display())),
-                    (Some(_), None) => problems.push(format!("{}.{name}: {} is missing", s.id, dir.join(file).display())),
-                    (None, _) => problems.push(format!("{}.{name}: {} was not part of the artifact", s.id, dir.join(file).display())),
+                    (Some(_), Some(_)) => problems.push(format!(
+                        "{}.{name}: {} changed (content no longer matches its digest)",
+                        s.id,
+                        dir.join(file).display()
+                    )),
+                    (Some(_), None) => {
+                        problems.push(format!("{}.{name}: {} is missing", s.id, dir.join(file).display()))
+                    }
+                    (None, _) => problems.push(format!(
+                        "{}.{name}: {} was not part of the artifact",
+                        s.id,
+                        dir.join(file).display()
+                    )),
                 }
             }
         }

@@ -77,7 +77,9 @@ pub fn plan(p: &Pipeline, cache: &Cache, sel: &Selection) -> Result<Vec<StagePla
         let mut file_digests = BTreeMap::new();
         for f in &node.files {
             let digest = files.digest(&f.path).map_err(|e| match e {
-                Error::Io { path, source } => Error::Usage(format!("stage `{}`: {}: {source}", node.id, path.display())),
+                Error::Io { path, source } => {
+                    Error::Usage(format!("stage `{}`: {}: {source}", node.id, path.display()))
+                }
                 other => other,
             })?;
             file_digests.insert(f.field.clone(), digest);

@@ -56,7 +56,10 @@ impl Reporter for Console {
             Event::Started(i) => {
                 if self.tty {
                     let bar = self.multi.add(ProgressBar::new_spinner());
-                    bar.set_style(ProgressStyle::with_template("  {spinner} {prefix} {wide_msg} {pos}/{len} [{elapsed}]").expect("valid template"));
+                    bar.set_style(
+                        ProgressStyle::with_template("  {spinner} {prefix} {wide_msg} {pos}/{len} [{elapsed}]")
+                            .expect("valid template"),
+                    );
                     bar.set_prefix(label(p, i));
                     bar.enable_steady_tick(Duration::from_millis(120));
                     self.bars.lock().expect("bars lock").insert(i, bar);

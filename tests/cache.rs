@@ -22,11 +22,21 @@ fn latest(s: &Sandbox) -> serde_json::Value {
 }
 
 fn outcomes(m: &serde_json::Value) -> Vec<(String, String)> {
-    m["stages"].as_array().unwrap().iter().map(|s| (s["id"].as_str().unwrap().to_string(), s["outcome"].as_str().unwrap().to_string())).collect()
+    m["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["id"].as_str().unwrap().to_string(), s["outcome"].as_str().unwrap().to_string()))
+        .collect()
 }
 
 fn digests(m: &serde_json::Value) -> Vec<String> {
-    m["stages"].as_array().unwrap().iter().flat_map(|s| s["outputs"].as_object().unwrap().values().map(|o| o["digest"].to_string()).collect::<Vec<_>>()).collect()
+    m["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["outputs"].as_object().unwrap().values().map(|o| o["digest"].to_string()).collect::<Vec<_>>())
+        .collect()
 }
 
 fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -119,11 +129,21 @@ fn frozen_fails_when_any_stage_would_run() {
 #[test]
 fn a_failing_stage_exits_nonzero_and_keeps_what_finished() {
     let s = Sandbox::new();
-    s.write("p.yaml", lab_yaml(100).replace("references: human_baseline_summaries\n    predictions", "references: human_summary\n    predictions"));
+    s.write(
+        "p.yaml",
+        lab_yaml(100).replace(
+            "references: human_baseline_summaries\n    predictions",
+            "references: human_summary\n    predictions",
+        ),
+    );
     let out = s.run(&["run", "p.yaml"]);
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("FAIL  scores (score)"), "{}", out.stderr);
-    assert!(out.stderr.contains("no column `human_summary` (found: unnamed_0, human_baseline_summaries,"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("no column `human_summary` (found: unnamed_0, human_baseline_summaries,"),
+        "{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("error: 1 stage failed: scores"), "{}", out.stderr);
     // results, quick and quick-scores finished and are cached.
     assert_eq!(s.entries(), 3);
@@ -175,10 +195,13 @@ fn sigkill_mid_write_leaves_a_verifiable_cache_that_the_next_run_repairs() {
 fn concurrent_runs_on_one_cache_are_safe() {
     let s = Sandbox::new();
     s.write("p.yaml", lab_yaml(100));
-    let children: Vec<_> = (0..3).map(|_| s.cmd(&["run", "p.yaml"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()).collect();
+    let children: Vec<_> = (0..3)
+        .map(|_| s.cmd(&["run", "p.yaml"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap())
+        .collect();
     let outputs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
     assert!(outputs.iter().all(|o| o.status.success()));
-    let waited = outputs.iter().filter(|o| String::from_utf8_lossy(&o.stderr).contains("waiting for the cache lock")).count();
+    let waited =
+        outputs.iter().filter(|o| String::from_utf8_lossy(&o.stderr).contains("waiting for the cache lock")).count();
     assert!(waited >= 1, "the later runs waited for the first");
     // Each stage ran exactly once overall: the waiting runs found everything cached.
     let ran: usize = outputs.iter().map(|o| String::from_utf8_lossy(&o.stderr).matches("  ran   ").count()).sum();
@@ -211,10 +234,18 @@ fn verify_and_audit_find_a_flipped_byte_and_a_forced_run_repairs_it() {
 
     let verify = s.run(&["cache", "verify"]);
     assert_eq!(verify.code, 1);
-    assert!(verify.stderr.contains(&format!("artifacts/{}: content hashes to", scores.as_str().unwrap())), "{}", verify.stderr);
+    assert!(
+        verify.stderr.contains(&format!("artifacts/{}: content hashes to", scores.as_str().unwrap())),
+        "{}",
+        verify.stderr
+    );
     let audit = s.run(&["audit", "latest"]);
     assert_eq!(audit.code, 1);
-    assert!(audit.stderr.contains("scores.metrics:") && audit.stderr.contains("metrics.json changed"), "{}", audit.stderr);
+    assert!(
+        audit.stderr.contains("scores.metrics:") && audit.stderr.contains("metrics.json changed"),
+        "{}",
+        audit.stderr
+    );
 
     s.ok(&["run", "p.yaml", "--force", "scores"]);
     s.ok(&["cache", "verify"]);
@@ -227,10 +258,15 @@ fn gc_removes_what_no_entry_references() {
     s.ok(&["run", "p.yaml"]);
     // Forget the entry of `quick`: its artifact becomes an orphan. Add scratch left behind.
     let m = latest(&s);
-    std::fs::remove_file(s.cache().join("index").join(format!("{}.json", m["stages"][1]["key"].as_str().unwrap()))).unwrap();
+    std::fs::remove_file(s.cache().join("index").join(format!("{}.json", m["stages"][1]["key"].as_str().unwrap())))
+        .unwrap();
     s.write("cache/tmp/leftover/y", "partial");
     let verify = s.ok(&["cache", "verify"]);
-    assert!(verify.stdout.contains("3 entries, 4 artifacts re-hashed; 1 unreferenced artifacts, 1 scratch folders"), "{}", verify.stdout);
+    assert!(
+        verify.stdout.contains("3 entries, 4 artifacts re-hashed; 1 unreferenced artifacts, 1 scratch folders"),
+        "{}",
+        verify.stdout
+    );
     let gc = s.ok(&["cache", "gc"]);
     assert!(gc.stdout.contains("removed 1 unreferenced artifacts"), "{}", gc.stdout);
     assert!(s.ok(&["cache", "verify"]).stdout.contains("0 unreferenced artifacts, 0 scratch folders"));

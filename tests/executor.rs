@@ -63,13 +63,20 @@ impl Stage for Fake {
     const ABOUT: &'static str = "test stage";
 
     fn inputs(&self, p: &FakeParams) -> Vec<InputSlot> {
-        p.input.iter().map(|r| InputSlot { field: "input".into(), reference: r.clone(), accepts: &[ArtifactKind::Table] }).collect()
+        p.input
+            .iter()
+            .map(|r| InputSlot { field: "input".into(), reference: r.clone(), accepts: &[ArtifactKind::Table] })
+            .collect()
     }
     fn outputs(&self, _: &FakeParams) -> Vec<OutputDecl> {
         vec![OutputDecl { name: "out".into(), kind: ArtifactKind::Table }]
     }
     fn resource(&self, p: &FakeParams) -> Resource {
-        if p.gpu { Resource::Gpu } else { Resource::Cpu }
+        if p.gpu {
+            Resource::Gpu
+        } else {
+            Resource::Cpu
+        }
     }
     fn run(&self, p: &FakeParams, ctx: &StageContext) -> Result<(), StageError> {
         count(&p.tag);
@@ -164,7 +171,10 @@ fn a_failing_stage_leaves_no_artifact_and_skips_only_its_descendants() {
     assert_eq!(outcomes[0], Outcome::Ran);
     assert!(matches!(&outcomes[1], Outcome::Failed(e) if e.contains("deliberate failure")), "{outcomes:?}");
     assert!(matches!(&outcomes[2], Outcome::Skipped(e) if e.contains("bad")), "{outcomes:?}");
-    assert!(matches!(&outcomes[3], Outcome::Failed(e) if e.contains("panicked") && e.contains("deliberate panic")), "{outcomes:?}");
+    assert!(
+        matches!(&outcomes[3], Outcome::Failed(e) if e.contains("panicked") && e.contains("deliberate panic")),
+        "{outcomes:?}"
+    );
     // Only `ok` was committed; nothing of the failed stages is in the cache or its scratch.
     let cache = Cache::open(&s.sandbox.cache()).unwrap();
     assert_eq!(s.sandbox.entries(), 1);
@@ -191,11 +201,17 @@ fn force_and_only_select_stages() {
     let s = Setup::new();
     let t = format!("{:p}", &s);
     let yaml = format!("name: t\nstages:\n  a: {{kind: fake, tag: a{t}}}\n  b: {{kind: fake, tag: b{t}, input: a}}\n  x: {{kind: fake, tag: x{t}}}\n");
-    let only_b = RunOptions { selection: sumflow::plan::Selection { only: vec!["b".into()], force: vec![] }, ..RunOptions::default() };
+    let only_b = RunOptions {
+        selection: sumflow::plan::Selection { only: vec!["b".into()], force: vec![] },
+        ..RunOptions::default()
+    };
     let outcomes = s.run(&yaml, &only_b);
     assert_eq!(outcomes[..2], [Outcome::Ran, Outcome::Ran]);
     assert!(matches!(outcomes[2], Outcome::Skipped(_)));
-    let force_a = RunOptions { selection: sumflow::plan::Selection { force: vec!["a".into()], only: vec![] }, ..RunOptions::default() };
+    let force_a = RunOptions {
+        selection: sumflow::plan::Selection { force: vec!["a".into()], only: vec![] },
+        ..RunOptions::default()
+    };
     // a reruns (same recipe, so b's key is unchanged and b stays a hit); x runs for the first time.
     assert_eq!(s.run(&yaml, &force_a), [Outcome::Ran, Outcome::Hit, Outcome::Ran]);
     assert_eq!(runs(&format!("a{t}")), 2);

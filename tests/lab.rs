@@ -17,7 +17,12 @@ fn means(report: &serde_json::Value) -> Vec<Vec<f64>> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| ["rouge1", "rouge2", "rougeL", "rougeLsum"].iter().map(|k| m["scores"][k]["mean"].as_f64().unwrap()).collect())
+        .map(|m| {
+            ["rouge1", "rouge2", "rougeL", "rougeLsum"]
+                .iter()
+                .map(|k| m["scores"][k]["mean"].as_f64().unwrap())
+                .collect()
+        })
         .collect()
 }
 
@@ -91,7 +96,20 @@ fn reference_modes_on_dialogsums_three_references() {
     }
     writer.flush().unwrap();
     let score = |mode: &str| -> serde_json::Value {
-        let out = s.ok(&["score", "t.csv", "--references", "summary", "--predictions", "prediction", "--group-by", "dialogue", "--reference-mode", mode, "--format", "json"]);
+        let out = s.ok(&[
+            "score",
+            "t.csv",
+            "--references",
+            "summary",
+            "--predictions",
+            "prediction",
+            "--group-by",
+            "dialogue",
+            "--reference-mode",
+            mode,
+            "--format",
+            "json",
+        ]);
         serde_json::from_str(&out.stdout).unwrap()
     };
     let (avg, max, firstm) = (score("avg"), score("max"), score("first"));
@@ -107,7 +125,8 @@ fn reference_modes_on_dialogsums_three_references() {
     let rows: serde_json::Value = serde_json::from_str(&rows.stdout).unwrap();
     assert!((means(&rows)[0][0] - a).abs() < 1e-12);
     // `max` needs groups.
-    let out = s.run(&["score", "t.csv", "--references", "summary", "--predictions", "prediction", "--reference-mode", "max"]);
+    let out =
+        s.run(&["score", "t.csv", "--references", "summary", "--predictions", "prediction", "--reference-mode", "max"]);
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("--group-by: reference modes `max` and `first` need `group_by`"), "{}", out.stderr);
 }

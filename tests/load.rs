@@ -78,7 +78,8 @@ fn jsonl_and_parquet_load_like_csv() {
     s.write("bad.jsonl", "{\"id\": \"a\"}\n{\"id\": null}\n");
     fails_with(&s, "bad.jsonl", "", &["bad.jsonl:2: `id` is null"]);
     // The Parquet artifact written above loads back as a Parquet input.
-    let parquet = std::fs::read_dir(s.cache().join("artifacts")).unwrap().next().unwrap().unwrap().path().join("table.parquet");
+    let parquet =
+        std::fs::read_dir(s.cache().join("artifacts")).unwrap().next().unwrap().unwrap().path().join("table.parquet");
     let out = load(&s, parquet.to_str().unwrap(), ", rename: {n: number}, require: [number]");
     assert_eq!(out.code, 0, "{}", out.stderr);
 }

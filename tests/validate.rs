@@ -24,7 +24,10 @@ fn contains(stderr: &str, parts: &[&str]) {
 }
 
 fn lab(stages: &str) -> String {
-    format!("name: t\nvars:\n  results: {}\nstages:\n  results: {{kind: load, path: \"${{results}}\"}}\n{stages}", lab_results())
+    format!(
+        "name: t\nvars:\n  results: {}\nstages:\n  results: {{kind: load, path: \"${{results}}\"}}\n{stages}",
+        lab_results()
+    )
 }
 
 #[test]
@@ -66,7 +69,10 @@ fn reference_to_a_missing_output() {
 #[test]
 fn ambiguous_reference_to_a_multi_output_stage() {
     let dir = crate::common::shared("dialogsum");
-    let yaml = format!("name: t\nstages:\n  data: {{kind: load, path: {}}}\n  q: {{kind: subsample, input: data, every: 2}}\n", dir.display());
+    let yaml = format!(
+        "name: t\nstages:\n  data: {{kind: load, path: {}}}\n  q: {{kind: subsample, input: data, every: 2}}\n",
+        dir.display()
+    );
     let err = invalid(&yaml);
     contains(&err, &["stage `data` has outputs train, validation, test: say which, e.g. `data.train`"]);
 }
@@ -105,7 +111,13 @@ fn stage_checks_run_before_anything() {
     let err = invalid(&lab(
         "  q: {kind: subsample, input: results, every: 2, n: 5}\n  s: {kind: score, input: results, references: r, predictions: [a], baseline: z}\n",
     ));
-    contains(&err, &["stages.q: give exactly one of `every`, `n` and `fraction`", "stages.s.baseline: `z` is not one of `predictions`"]);
+    contains(
+        &err,
+        &[
+            "stages.q: give exactly one of `every`, `n` and `fraction`",
+            "stages.s.baseline: `z` is not one of `predictions`",
+        ],
+    );
 }
 
 #[test]
@@ -132,7 +144,9 @@ fn bad_stage_id() {
 
 #[test]
 fn all_errors_are_reported_at_once() {
-    let err = invalid(&lab("  a: {kind: nope}\n  b: {kind: subsample, input: zz, every: 1}\n  c: {kind: score, input: results}\n"));
+    let err = invalid(&lab(
+        "  a: {kind: nope}\n  b: {kind: subsample, input: zz, every: 1}\n  c: {kind: score, input: results}\n",
+    ));
     assert!(err.contains("3 errors found; nothing was run"), "{err}");
 }
 

@@ -41,10 +41,7 @@ fn stamp_of(meta: &std::fs::Metadata) -> (u64, i128, u64) {
 impl FileDigests {
     /// Loads the memo at `path` (a missing or unreadable memo starts empty).
     pub fn open(path: PathBuf) -> FileDigests {
-        let memo = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
+        let memo = std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
         FileDigests { path, memo, changed: false }
     }
 

@@ -69,7 +69,12 @@ pub fn verify(cache: &Cache) -> Result<VerifyReport, Error> {
         for (output, rec) in &entry.outputs {
             referenced.insert(rec.digest.clone());
             if !cache.artifact(&rec.digest).is_dir() {
-                report.problems.push(format!("{}.{output} (key {}): artifact {} is missing", entry.stage, &entry.key[..12], &rec.digest[..12]));
+                report.problems.push(format!(
+                    "{}.{output} (key {}): artifact {} is missing",
+                    entry.stage,
+                    &entry.key[..12],
+                    &rec.digest[..12]
+                ));
             }
         }
     }
@@ -94,7 +99,8 @@ pub fn verify(cache: &Cache) -> Result<VerifyReport, Error> {
 pub fn gc(cache: &Cache) -> Result<GcReport, Error> {
     let mut report = GcReport::default();
     let entries = cache.entries()?;
-    let referenced: BTreeSet<&str> = entries.iter().flat_map(|e| e.outputs.values().map(|o| o.digest.as_str())).collect();
+    let referenced: BTreeSet<&str> =
+        entries.iter().flat_map(|e| e.outputs.values().map(|o| o.digest.as_str())).collect();
     for digest in dir_names(cache, "artifacts")? {
         if !referenced.contains(digest.as_str()) {
             let dir = cache.artifact(&digest);

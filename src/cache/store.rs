@@ -141,8 +141,13 @@ fn fsync_tree(dir: &Path) -> std::io::Result<()> {
 
 /// A file name made safe from any string (no separators, no `..`).
 fn safe_name(s: &str) -> String {
-    let name: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
-    if name.trim_matches('.').is_empty() { format!("_{name}") } else { name }
+    let name: String =
+        s.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+    if name.trim_matches('.').is_empty() {
+        format!("_{name}")
+    } else {
+        name
+    }
 }
 
 impl Cache {
@@ -185,9 +190,10 @@ impl Cache {
 
     fn read_entry(path: &Path) -> Result<Option<Entry>, Error> {
         match fs::read_to_string(path) {
-            Ok(text) => serde_json::from_str(&text)
-                .map(Some)
-                .map_err(|e| Error::Cache { path: path.to_path_buf(), message: format!("unreadable entry ({e}); run `sumflow cache verify`") }),
+            Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| Error::Cache {
+                path: path.to_path_buf(),
+                message: format!("unreadable entry ({e}); run `sumflow cache verify`"),
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(path, e)),
         }
@@ -195,7 +201,8 @@ impl Cache {
 
     /// The entry for `key` if it exists and all its artifact folders are present.
     pub fn entry(&self, key: &str) -> Result<Option<Entry>, Error> {
-        Ok(Self::read_entry(&self.index_path(key))?.filter(|e| e.outputs.values().all(|o| self.artifact(&o.digest).is_dir())))
+        Ok(Self::read_entry(&self.index_path(key))?
+            .filter(|e| e.outputs.values().all(|o| self.artifact(&o.digest).is_dir())))
     }
 
     /// Every index entry, sorted by creation time.
@@ -227,7 +234,11 @@ impl Cache {
     /// A fresh, empty folder under `tmp/` for a stage run of `key` to write its outputs into.
     pub fn scratch(&self, key: &str) -> Result<PathBuf, Error> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let dir = self.root.join("tmp").join(format!("{key}.{}.{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+        let dir = self.root.join("tmp").join(format!(
+            "{key}.{}.{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
         fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         Ok(dir)
     }
@@ -249,7 +260,10 @@ impl Cache {
         for out in outputs {
             let dir = scratch.join(&out.name);
             if !dir.is_dir() {
-                return Err(Error::Cache { path: dir, message: format!("the stage did not write its output `{}`", out.name) });
+                return Err(Error::Cache {
+                    path: dir,
+                    message: format!("the stage did not write its output `{}`", out.name),
+                });
             }
             let io = |e| Error::io(&dir, e);
             fsync_tree(&dir).map_err(io)?;

@@ -17,9 +17,11 @@ use crate::error::Error;
 /// Reads, substitutes and validates the pipeline at `path`; `sets` are `name=value` overrides.
 pub fn load<'r>(path: &Path, sets: &[String], registry: &'r Registry) -> Result<Pipeline<'r>, Error> {
     let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-    let text = String::from_utf8(bytes).map_err(|e| Error::Usage(format!("{}: not UTF-8 text ({e})", path.display())))?;
+    let text =
+        String::from_utf8(bytes).map_err(|e| Error::Usage(format!("{}: not UTF-8 text ({e})", path.display())))?;
     let spans = SpanIndex::new(&text);
-    let fail = |list: Vec<Diagnostic>| Error::Pipeline(Diagnostics { file: path.to_path_buf(), text: text.clone(), list });
+    let fail =
+        |list: Vec<Diagnostic>| Error::Pipeline(Diagnostics { file: path.to_path_buf(), text: text.clone(), list });
 
     let raw: RawPipeline = serde_yaml::from_str(&text).map_err(|e| {
         let pos = e.location().map(|l| Pos { line: l.line(), col: l.column() });
@@ -54,7 +56,11 @@ fn apply_sets(
 ) -> IndexMap<String, Value> {
     for set in sets {
         let Some((name, value)) = set.split_once('=') else {
-            errors.push(Diagnostic { path: String::new(), message: format!("--set {set}: write --set NAME=VALUE"), pos: None });
+            errors.push(Diagnostic {
+                path: String::new(),
+                message: format!("--set {set}: write --set NAME=VALUE"),
+                pos: None,
+            });
             continue;
         };
         if !vars.contains_key(name) {
@@ -74,7 +80,13 @@ fn apply_sets(
 
 /// Replaces `${name}` in every string of `value`. A string that is exactly `${name}` takes the
 /// var's value with its type; elsewhere the var is spliced in as text. `$${` stays `${`.
-fn substitute(value: Value, vars: &IndexMap<String, Value>, path: &str, spans: &SpanIndex, errors: &mut Vec<Diagnostic>) -> Value {
+fn substitute(
+    value: Value,
+    vars: &IndexMap<String, Value>,
+    path: &str,
+    spans: &SpanIndex,
+    errors: &mut Vec<Diagnostic>,
+) -> Value {
     match value {
         Value::String(s) => {
             if let Some(name) = s.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
@@ -150,7 +162,10 @@ mod tests {
 
     #[test]
     fn splices_vars_keeping_escapes() {
-        let vars: IndexMap<String, Value> = [("d".to_string(), Value::String("data".into())), ("n".to_string(), Value::from(100))].into_iter().collect();
+        let vars: IndexMap<String, Value> =
+            [("d".to_string(), Value::String("data".into())), ("n".to_string(), Value::from(100))]
+                .into_iter()
+                .collect();
         assert_eq!(splice("${d}/train.csv", &vars).unwrap(), "data/train.csv");
         assert_eq!(splice("every ${n} rows, $${literal} $5", &vars).unwrap(), "every 100 rows, ${literal} $5");
         assert_eq!(splice("${nope}", &vars), Err("nope".to_string()));

@@ -68,10 +68,6 @@ impl<'r> Pipeline<'r> {
 
     /// Indices of the stages that read an output of stage `i`.
     pub fn dependents(&self, i: usize) -> impl Iterator<Item = usize> + '_ {
-        self.stages
-            .iter()
-            .enumerate()
-            .filter(move |(_, s)| s.inputs.iter().any(|b| b.stage == i))
-            .map(|(j, _)| j)
+        self.stages.iter().enumerate().filter(move |(_, s)| s.inputs.iter().any(|b| b.stage == i)).map(|(j, _)| j)
     }
 }

@@ -97,10 +97,7 @@ impl Builder {
 
 impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
-        let pos = Pos {
-            line: mark.line(),
-            col: mark.col() + 1,
-        };
+        let pos = Pos { line: mark.line(), col: mark.col() + 1 };
         match ev {
             Event::Scalar(value, ..) if self.expecting_key() => {
                 let path = match self.stack.last() {

@@ -57,7 +57,10 @@ pub(super) fn validate<'r>(
             }
         };
         let Some(stage) = registry.get(&kind) else {
-            error(format!("{at}.kind"), format!("unknown kind `{kind}` (known: {})", registry.kinds().collect::<Vec<_>>().join(", ")));
+            error(
+                format!("{at}.kind"),
+                format!("unknown kind `{kind}` (known: {})", registry.kinds().collect::<Vec<_>>().join(", ")),
+            );
             continue;
         };
         let params = match stage.parse(Value::Mapping(map)) {
@@ -107,12 +110,29 @@ pub(super) fn validate<'r>(
                 (Some(name), _) => producer.outputs.iter().find(|o| &o.name == name),
                 (None, [only]) => Some(only),
                 (None, _) => {
-                    error(at, format!("stage `{}` has outputs {}: say which, e.g. `{}.{}`", r.stage, names.join(", "), r.stage, names[0]));
+                    error(
+                        at,
+                        format!(
+                            "stage `{}` has outputs {}: say which, e.g. `{}.{}`",
+                            r.stage,
+                            names.join(", "),
+                            r.stage,
+                            names[0]
+                        ),
+                    );
                     continue;
                 }
             };
             let Some(output) = output else {
-                error(at, format!("stage `{}` has no output `{}` (outputs: {})", r.stage, r.output.as_deref().unwrap_or(""), names.join(", ")));
+                error(
+                    at,
+                    format!(
+                        "stage `{}` has no output `{}` (outputs: {})",
+                        r.stage,
+                        r.output.as_deref().unwrap_or(""),
+                        names.join(", ")
+                    ),
+                );
                 continue;
             };
             if !slot.accepts.contains(&output.kind) {
@@ -121,7 +141,12 @@ pub(super) fn validate<'r>(
                 continue;
             }
             edges.push((j, i));
-            bound.push(BoundInput { field: slot.field.clone(), stage: j, output: output.name.clone(), kind: output.kind });
+            bound.push(BoundInput {
+                field: slot.field.clone(),
+                stage: j,
+                output: output.name.clone(),
+                kind: output.kind,
+            });
         }
         if let Some(node) = &mut parsed[i] {
             node.inputs = bound;

@@ -66,17 +66,11 @@ pub enum StageError {
 impl StageError {
     /// An I/O error on `path`.
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        StageError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        StageError::Io { path: path.to_path_buf(), source }
     }
 
     /// Malformed data at `location`.
     pub fn data(location: impl Into<String>, message: impl Into<String>) -> Self {
-        StageError::Data {
-            location: location.into(),
-            message: message.into(),
-        }
+        StageError::Data { location: location.into(), message: message.into() }
     }
 }

@@ -20,10 +20,7 @@ fn hub_error(what: &str, e: impl std::fmt::Display) -> StageError {
 /// `.jsonl` or `.parquet` at the top level or under `data/`.
 pub fn fetch_dataset(name: &str, revision: &str, splits: &[String]) -> Result<Vec<(String, PathBuf)>, StageError> {
     let what = format!("hf://datasets/{name}@{revision}");
-    let api = ApiBuilder::from_env()
-        .with_progress(false)
-        .build()
-        .map_err(|e| hub_error(&what, e))?;
+    let api = ApiBuilder::from_env().with_progress(false).build().map_err(|e| hub_error(&what, e))?;
     let repo = api.repo(Repo::with_revision(name.to_string(), RepoType::Dataset, revision.to_string()));
     let info = repo.info().map_err(|e| hub_error(&what, e))?;
     let files: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
@@ -32,9 +29,10 @@ pub fn fetch_dataset(name: &str, revision: &str, splits: &[String]) -> Result<Ve
         .map(|split| {
             let wanted = |f: &str| {
                 let base = f.strip_prefix("data/").unwrap_or(f);
-                ["csv", "jsonl", "json", "parquet"]
-                    .iter()
-                    .any(|ext| base == format!("{split}.{ext}") || (base.starts_with(&format!("{split}-")) && base.ends_with(&format!(".{ext}"))))
+                ["csv", "jsonl", "json", "parquet"].iter().any(|ext| {
+                    base == format!("{split}.{ext}")
+                        || (base.starts_with(&format!("{split}-")) && base.ends_with(&format!(".{ext}")))
+                })
             };
             let matches: Vec<&str> = files.iter().copied().filter(|f| wanted(f)).collect();
             match matches.as_slice() {
@@ -48,7 +46,10 @@ pub fn fetch_dataset(name: &str, revision: &str, splits: &[String]) -> Result<Ve
                 }),
                 many => Err(StageError::Hub {
                     what: what.clone(),
-                    message: format!("split `{split}` is sharded into {} files, which `load` does not read yet", many.len()),
+                    message: format!(
+                        "split `{split}` is sharded into {} files, which `load` does not read yet",
+                        many.len()
+                    ),
                 }),
             }
         })

@@ -64,18 +64,12 @@ pub enum Format {
 }
 
 impl Format {
-    const ALL: [(Format, &'static [&'static str]); 3] = [
-        (Format::Csv, &["csv"]),
-        (Format::Jsonl, &["jsonl", "json"]),
-        (Format::Parquet, &["parquet"]),
-    ];
+    const ALL: [(Format, &'static [&'static str]); 3] =
+        [(Format::Csv, &["csv"]), (Format::Jsonl, &["jsonl", "json"]), (Format::Parquet, &["parquet"])];
 
     fn from_path(path: &Path) -> Option<Format> {
         let ext = path.extension()?.to_str()?.to_ascii_lowercase();
-        Format::ALL
-            .iter()
-            .find(|(_, exts)| exts.contains(&ext.as_str()))
-            .map(|(f, _)| *f)
+        Format::ALL.iter().find(|(_, exts)| exts.contains(&ext.as_str())).map(|(f, _)| *f)
     }
 }
 
@@ -139,13 +133,7 @@ impl Stage for Load {
             Source::File(_) => vec!["all".to_string()],
             Source::Dir(_) | Source::Hub(_) => p.splits.clone(),
         };
-        names
-            .into_iter()
-            .map(|name| OutputDecl {
-                name,
-                kind: ArtifactKind::Table,
-            })
-            .collect()
+        names.into_iter().map(|name| OutputDecl { name, kind: ArtifactKind::Table }).collect()
     }
 
     fn check(&self, p: &LoadParams) -> Vec<ParamError> {
@@ -163,14 +151,20 @@ impl Stage for Load {
         }
         for (i, s) in p.splits.iter().enumerate() {
             if !InputRef::is_name(s) {
-                errors.push(ParamError::new(format!("splits[{i}]"), format!("`{s}` is not a valid output name (letters, digits, _ and -)")));
+                errors.push(ParamError::new(
+                    format!("splits[{i}]"),
+                    format!("`{s}` is not a valid output name (letters, digits, _ and -)"),
+                ));
             }
         }
         if let (Source::File(path), None) = (p.source(), p.format) {
             if Format::from_path(&path).is_none() {
                 errors.push(ParamError::new(
                     "path",
-                    format!("cannot tell the format of `{}`: use a .csv, .jsonl or .parquet file, or set `format`", path.display()),
+                    format!(
+                        "cannot tell the format of `{}`: use a .csv, .jsonl or .parquet file, or set `format`",
+                        path.display()
+                    ),
                 ));
             }
         }
@@ -179,18 +173,10 @@ impl Stage for Load {
 
     fn files(&self, p: &LoadParams) -> Vec<FileInput> {
         match p.source() {
-            Source::File(path) => vec![FileInput {
-                field: "path".into(),
-                path,
-            }],
-            Source::Dir(dir) => p
-                .splits
-                .iter()
-                .map(|s| FileInput {
-                    field: format!("path/{s}"),
-                    path: split_file(&dir, s),
-                })
-                .collect(),
+            Source::File(path) => vec![FileInput { field: "path".into(), path }],
+            Source::Dir(dir) => {
+                p.splits.iter().map(|s| FileInput { field: format!("path/{s}"), path: split_file(&dir, s) }).collect()
+            }
             Source::Hub(_) => Vec::new(),
         }
     }
@@ -204,10 +190,7 @@ impl Stage for Load {
         ctx.progress.set_total(files.len() as u64);
         for (output, path) in files {
             ctx.progress.message(&format!("reading {}", path.display()));
-            let format = p
-                .format
-                .or_else(|| Format::from_path(&path))
-                .unwrap_or(Format::Csv);
+            let format = p.format.or_else(|| Format::from_path(&path)).unwrap_or(Format::Csv);
             let raw = read_file(&path, format)?;
             let (table, skipped) = validate(raw, p, &path)?;
             table.write_artifact(&ctx.output_dir(&output)?, &path.display().to_string(), skipped)?;
@@ -257,11 +240,7 @@ fn read_file(path: &Path, format: Format) -> Result<RawTable, StageError> {
         Format::Parquet => {
             let table = Table::read_parquet(path)?;
             let row_lines = (1..=table.num_rows() as u64).collect();
-            RawTable {
-                table,
-                row_lines,
-                unit: "row",
-            }
+            RawTable { table, row_lines, unit: "row" }
         }
     };
     if raw.table.num_rows() == 0 {
@@ -303,11 +282,7 @@ fn read_csv(path: &Path) -> Result<RawTable, StageError> {
         }
     }
     let table = Table::new(names, columns).map_err(|m| StageError::data(at(1), m))?;
-    Ok(RawTable {
-        table,
-        row_lines,
-        unit: "line",
-    })
+    Ok(RawTable { table, row_lines, unit: "line" })
 }
 
 fn read_jsonl(path: &Path) -> Result<RawTable, StageError> {
@@ -318,7 +293,8 @@ fn read_jsonl(path: &Path) -> Result<RawTable, StageError> {
     for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
         let lineno = i as u64 + 1;
         let at = || format!("{}:{}", path.display(), lineno);
-        let line = std::str::from_utf8(line).map_err(|e| StageError::data(at(), format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
+        let line = std::str::from_utf8(line)
+            .map_err(|e| StageError::data(at(), format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
         if line.trim().is_empty() {
             continue;
         }
@@ -345,11 +321,7 @@ fn read_jsonl(path: &Path) -> Result<RawTable, StageError> {
         row_lines.push(lineno);
     }
     let table = Table::new(names, columns).map_err(|m| StageError::data(path.display().to_string(), m))?;
-    Ok(RawTable {
-        table,
-        row_lines,
-        unit: "line",
-    })
+    Ok(RawTable { table, row_lines, unit: "line" })
 }
 
 /// Renames, checks required columns, empty text and duplicate ids; returns the rows kept.

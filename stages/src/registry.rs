@@ -45,9 +45,7 @@ struct Wrapped<S>(S);
 
 impl<S: Stage> Wrapped<S> {
     fn typed<'p>(&self, p: &'p Params) -> &'p S::Params {
-        p.typed
-            .downcast_ref()
-            .expect("params were parsed by the same stage")
+        p.typed.downcast_ref().expect("params were parsed by the same stage")
     }
 }
 
@@ -67,12 +65,9 @@ impl<S: Stage> DynStage for Wrapped<S> {
             let field = if path == "." { String::new() } else { path };
             ParamError::new(field, e.into_inner().to_string())
         })?;
-        let canonical = serde_json::to_value(&typed)
-            .map_err(|e| ParamError::new("", format!("params do not serialize: {e}")))?;
-        Ok(Params {
-            typed: Box::new(typed),
-            canonical,
-        })
+        let canonical =
+            serde_json::to_value(&typed).map_err(|e| ParamError::new("", format!("params do not serialize: {e}")))?;
+        Ok(Params { typed: Box::new(typed), canonical })
     }
     fn inputs(&self, p: &Params) -> Vec<InputSlot> {
         self.0.inputs(self.typed(p))

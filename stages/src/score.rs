@@ -117,7 +117,10 @@ impl ScoreParams {
             errors.push(ParamError::new("confidence", format!("must be in (0, 1), got {}", self.confidence)));
         }
         if self.reference_mode != ReferenceMode::Avg && self.group_by.is_none() {
-            errors.push(ParamError::new("group_by", "reference modes `max` and `first` need `group_by` (the column that groups references)"));
+            errors.push(ParamError::new(
+                "group_by",
+                "reference modes `max` and `first` need `group_by` (the column that groups references)",
+            ));
         }
         errors
     }
@@ -181,15 +184,14 @@ pub struct PerExample {
 /// Scores `table` (named `source` in errors) as `p` says.
 pub fn evaluate(table: &Table, source: &str, p: &ScoreParams) -> Result<(ScoreReport, PerExample), StageError> {
     let references = table.column(&p.references, source)?;
-    let predictions: Vec<&[String]> = p
-        .predictions
-        .iter()
-        .map(|c| table.column(c, source))
-        .collect::<Result<_, _>>()?;
+    let predictions: Vec<&[String]> =
+        p.predictions.iter().map(|c| table.column(c, source)).collect::<Result<_, _>>()?;
 
     // Group rows into examples, keeping first-appearance order.
     let (keys, groups): (Vec<String>, Vec<Vec<usize>>) = match &p.group_by {
-        None => ((1..=table.num_rows()).map(|r| r.to_string()).collect(), (0..table.num_rows()).map(|r| vec![r]).collect()),
+        None => {
+            ((1..=table.num_rows()).map(|r| r.to_string()).collect(), (0..table.num_rows()).map(|r| vec![r]).collect())
+        }
         Some(col) => {
             let values = table.column(col, source)?;
             let mut index: BTreeMap<&str, usize> = BTreeMap::new();
@@ -259,8 +261,8 @@ pub fn evaluate(table: &Table, source: &str, p: &ScoreParams) -> Result<(ScoreRe
     let mut series: Vec<Vec<f64>> = f.iter().flatten().cloned().collect();
     if let Some(b) = baseline {
         for &m in &others {
-            for k in 0..p.metrics.len() {
-                series.push(f[m][k].iter().zip(&f[b][k]).map(|(x, y)| 100.0 * (x - y)).collect());
+            for (model, base) in f[m].iter().zip(&f[b]) {
+                series.push(model.iter().zip(base).map(|(x, y)| 100.0 * (x - y)).collect());
             }
         }
     }
@@ -271,7 +273,8 @@ pub fn evaluate(table: &Table, source: &str, p: &ScoreParams) -> Result<(ScoreRe
         scores: p.metrics.iter().copied().zip(chunk.iter().copied()).collect(),
     };
     let nk = p.metrics.len();
-    let models = p.predictions.iter().enumerate().map(|(m, name)| per_model(&ivs[m * nk..(m + 1) * nk], name)).collect();
+    let models =
+        p.predictions.iter().enumerate().map(|(m, name)| per_model(&ivs[m * nk..(m + 1) * nk], name)).collect();
     let diff0 = predictions.len() * nk;
     let improvements = match baseline {
         None => Vec::new(),
@@ -325,11 +328,16 @@ impl ScoreReport {
 
     /// Rows of models × metrics, each column as wide as its widest cell.
     fn grid(&self, corner: &str, rows: &[ModelScores], cell: impl Fn(&Interval) -> String) -> String {
-        let mut table: Vec<Vec<String>> = vec![std::iter::once(corner.to_string()).chain(self.metrics.iter().map(|m| m.name().to_string())).collect()];
+        let mut table: Vec<Vec<String>> = vec![std::iter::once(corner.to_string())
+            .chain(self.metrics.iter().map(|m| m.name().to_string()))
+            .collect()];
         for r in rows {
-            table.push(std::iter::once(r.model.clone()).chain(self.metrics.iter().map(|k| cell(&r.scores[k]))).collect());
+            table.push(
+                std::iter::once(r.model.clone()).chain(self.metrics.iter().map(|k| cell(&r.scores[k]))).collect(),
+            );
         }
-        let widths: Vec<usize> = (0..table[0].len()).map(|c| table.iter().map(|row| row[c].len()).max().unwrap_or(0)).collect();
+        let widths: Vec<usize> =
+            (0..table[0].len()).map(|c| table.iter().map(|row| row[c].len()).max().unwrap_or(0)).collect();
         let mut out = String::new();
         for row in &table {
             let line: Vec<String> = row
@@ -381,21 +389,15 @@ impl Stage for Score {
     type Params = ScoreParams;
     const KIND: &'static str = "score";
     const VERSION: u32 = 1;
-    const ABOUT: &'static str = "ROUGE of prediction columns against references, with CIs and improvements over a baseline";
+    const ABOUT: &'static str =
+        "ROUGE of prediction columns against references, with CIs and improvements over a baseline";
 
     fn inputs(&self, p: &ScoreParams) -> Vec<InputSlot> {
-        vec![InputSlot {
-            field: "input".into(),
-            reference: p.input.clone(),
-            accepts: &[ArtifactKind::Table],
-        }]
+        vec![InputSlot { field: "input".into(), reference: p.input.clone(), accepts: &[ArtifactKind::Table] }]
     }
 
     fn outputs(&self, _: &ScoreParams) -> Vec<OutputDecl> {
-        vec![OutputDecl {
-            name: "metrics".into(),
-            kind: ArtifactKind::Metrics,
-        }]
+        vec![OutputDecl { name: "metrics".into(), kind: ArtifactKind::Metrics }]
     }
 
     fn check(&self, p: &ScoreParams) -> Vec<ParamError> {

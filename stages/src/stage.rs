@@ -50,21 +50,12 @@ impl InputRef {
             Some((stage, output)) => (stage, Some(output)),
             None => (s, None),
         };
-        let valid = |part: &str| {
-            !part.is_empty()
-                && part
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        };
+        let valid =
+            |part: &str| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if !valid(stage) || !output.is_none_or(valid) {
-            return Err(format!(
-                "`{s}` is not a stage reference: write `STAGE` or `STAGE.OUTPUT`"
-            ));
+            return Err(format!("`{s}` is not a stage reference: write `STAGE` or `STAGE.OUTPUT`"));
         }
-        Ok(InputRef {
-            stage: stage.to_string(),
-            output: output.map(str::to_string),
-        })
+        Ok(InputRef { stage: stage.to_string(), output: output.map(str::to_string) })
     }
 }
 
@@ -131,10 +122,7 @@ pub struct ParamError {
 impl ParamError {
     /// A problem with `field`.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ParamError {
-            field: field.into(),
-            message: message.into(),
-        }
+        ParamError { field: field.into(), message: message.into() }
     }
 }
 
@@ -187,13 +175,7 @@ impl<'a> StageContext<'a> {
         work_dir: PathBuf,
         progress: &'a dyn Progress,
     ) -> Self {
-        StageContext {
-            stage_id,
-            inputs,
-            output_root,
-            work_dir,
-            progress,
-        }
+        StageContext { stage_id, inputs, output_root, work_dir, progress }
     }
 
     /// The artifact folder bound to input slot `field`.
@@ -242,11 +224,7 @@ pub trait Stage: Send + Sync + 'static {
     /// Runs the stage, writing each declared output into `ctx.output_dir(name)`.
     fn run(&self, params: &Self::Params, ctx: &StageContext) -> Result<(), StageError>;
     /// A human summary of finished outputs (`outputs` maps output names to artifact folders).
-    fn summary(
-        &self,
-        _params: &Self::Params,
-        _outputs: &BTreeMap<String, PathBuf>,
-    ) -> Option<String> {
+    fn summary(&self, _params: &Self::Params, _outputs: &BTreeMap<String, PathBuf>) -> Option<String> {
         None
     }
 }

@@ -63,18 +63,11 @@ impl Stage for Subsample {
     const ABOUT: &'static str = "keep every k-th row, or a seeded random n rows or fraction";
 
     fn inputs(&self, p: &SubsampleParams) -> Vec<InputSlot> {
-        vec![InputSlot {
-            field: "input".into(),
-            reference: p.input.clone(),
-            accepts: &[ArtifactKind::Table],
-        }]
+        vec![InputSlot { field: "input".into(), reference: p.input.clone(), accepts: &[ArtifactKind::Table] }]
     }
 
     fn outputs(&self, _: &SubsampleParams) -> Vec<OutputDecl> {
-        vec![OutputDecl {
-            name: "all".into(),
-            kind: ArtifactKind::Table,
-        }]
+        vec![OutputDecl { name: "all".into(), kind: ArtifactKind::Table }]
     }
 
     fn check(&self, p: &SubsampleParams) -> Vec<ParamError> {
@@ -113,14 +106,7 @@ mod tests {
     use super::*;
 
     fn params(every: Option<u64>, n: Option<u64>, fraction: Option<f64>, seed: u64) -> SubsampleParams {
-        SubsampleParams {
-            input: InputRef::parse("data").unwrap(),
-            every,
-            offset: 0,
-            n,
-            fraction,
-            seed,
-        }
+        SubsampleParams { input: InputRef::parse("data").unwrap(), every, offset: 0, n, fraction, seed }
     }
 
     #[test]

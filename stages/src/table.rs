@@ -45,18 +45,10 @@ impl Table {
     /// A table from named columns; errors if lengths differ or a name repeats.
     pub fn new(names: Vec<String>, columns: Vec<Vec<String>>) -> Result<Self, String> {
         if names.len() != columns.len() {
-            return Err(format!(
-                "{} names for {} columns",
-                names.len(),
-                columns.len()
-            ));
+            return Err(format!("{} names for {} columns", names.len(), columns.len()));
         }
         if let Some(first) = columns.first() {
-            if let Some((i, _)) = columns
-                .iter()
-                .enumerate()
-                .find(|(_, c)| c.len() != first.len())
-            {
+            if let Some((i, _)) = columns.iter().enumerate().find(|(_, c)| c.len() != first.len()) {
                 return Err(format!("column `{}` has a different length", names[i]));
             }
         }
@@ -80,37 +72,27 @@ impl Table {
 
     /// The column called `name`, or an error listing the columns there are.
     pub fn column(&self, name: &str, source_name: &str) -> Result<&[String], StageError> {
-        self.names
-            .iter()
-            .position(|n| n == name)
-            .map(|i| self.columns[i].as_slice())
-            .ok_or_else(|| StageError::MissingColumn {
+        self.names.iter().position(|n| n == name).map(|i| self.columns[i].as_slice()).ok_or_else(|| {
+            StageError::MissingColumn {
                 source_name: source_name.to_string(),
                 column: name.to_string(),
                 found: self.names.clone(),
-            })
+            }
+        })
     }
 
     /// The rows at `rows`, in that order.
     pub fn take(&self, rows: &[usize]) -> Table {
         Table {
             names: self.names.clone(),
-            columns: self
-                .columns
-                .iter()
-                .map(|c| rows.iter().map(|&r| c[r].clone()).collect())
-                .collect(),
+            columns: self.columns.iter().map(|c| rows.iter().map(|&r| c[r].clone()).collect()).collect(),
         }
     }
 
     /// Writes `table.parquet` and `meta.json` into the folder `dir`.
     pub fn write_artifact(&self, dir: &Path, source: &str, skipped_empty: usize) -> Result<(), StageError> {
         self.write_parquet(&dir.join(TABLE_FILE))?;
-        let meta = TableMeta {
-            rows: self.num_rows(),
-            source: source.to_string(),
-            skipped_empty,
-        };
+        let meta = TableMeta { rows: self.num_rows(), source: source.to_string(), skipped_empty };
         let path = dir.join(META_FILE);
         let text = serde_json::to_string_pretty(&meta).map_err(|e| StageError::Internal(e.to_string()))?;
         std::fs::write(&path, text).map_err(|e| StageError::io(&path, e))
@@ -130,29 +112,15 @@ impl Table {
 
     /// Writes the table as one Parquet file (snappy, all columns UTF-8).
     pub fn write_parquet(&self, path: &Path) -> Result<(), StageError> {
-        let pq = |source| StageError::Parquet {
-            path: path.to_path_buf(),
-            source,
-        };
-        let fields: Vec<Field> = self
-            .names
-            .iter()
-            .map(|n| Field::new(n, DataType::Utf8, false))
-            .collect();
+        let pq = |source| StageError::Parquet { path: path.to_path_buf(), source };
+        let fields: Vec<Field> = self.names.iter().map(|n| Field::new(n, DataType::Utf8, false)).collect();
         let schema = Arc::new(Schema::new(fields));
-        let arrays: Vec<ArrayRef> = self
-            .columns
-            .iter()
-            .map(|c| Arc::new(StringArray::from_iter_values(c)) as ArrayRef)
-            .collect();
-        let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(|source| StageError::Arrow {
-            context: path.display().to_string(),
-            source,
-        })?;
+        let arrays: Vec<ArrayRef> =
+            self.columns.iter().map(|c| Arc::new(StringArray::from_iter_values(c)) as ArrayRef).collect();
+        let batch = RecordBatch::try_new(schema.clone(), arrays)
+            .map_err(|source| StageError::Arrow { context: path.display().to_string(), source })?;
         let file = File::create(path).map_err(|e| StageError::io(path, e))?;
-        let props = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .build();
+        let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
         let mut writer = ArrowWriter::try_new(file, schema, Some(props)).map_err(pq)?;
         writer.write(&batch).map_err(pq)?;
         writer.close().map_err(pq)?;
@@ -161,25 +129,14 @@ impl Table {
 
     /// Reads a Parquet file; non-text columns are cast to text, nulls are an error.
     pub fn read_parquet(path: &Path) -> Result<Table, StageError> {
-        let pq = |source| StageError::Parquet {
-            path: path.to_path_buf(),
-            source,
-        };
+        let pq = |source| StageError::Parquet { path: path.to_path_buf(), source };
         let file = File::open(path).map_err(|e| StageError::io(path, e))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?;
-        let names: Vec<String> = builder
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
+        let names: Vec<String> = builder.schema().fields().iter().map(|f| f.name().clone()).collect();
         let mut columns: Vec<Vec<String>> = vec![Vec::new(); names.len()];
         let mut row0 = 0;
         for batch in builder.build().map_err(pq)? {
-            let batch = batch.map_err(|source| StageError::Arrow {
-                context: path.display().to_string(),
-                source,
-            })?;
+            let batch = batch.map_err(|source| StageError::Arrow { context: path.display().to_string(), source })?;
             for (i, col) in batch.columns().iter().enumerate() {
                 let text = arrow::compute::cast(col, &DataType::Utf8).map_err(|source| StageError::Arrow {
                     context: format!("{}: column `{}`", path.display(), names[i]),
@@ -214,10 +171,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t = Table::new(
             vec!["id".into(), "text".into()],
-            vec![
-                vec!["a".into(), "b".into()],
-                vec!["x\r\ny — ü".into(), " padded ".into()],
-            ],
+            vec![vec!["a".into(), "b".into()], vec!["x\r\ny — ü".into(), " padded ".into()]],
         )
         .unwrap();
         t.write_artifact(dir.path(), "test", 1).unwrap();

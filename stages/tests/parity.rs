@@ -19,9 +19,8 @@ fn data(rel: &str) -> PathBuf {
 }
 
 fn python(script: &str, args: &[&Path]) -> String {
-    let python = std::env::var_os("SUMFLOW_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".venv/bin/python"));
+    let python =
+        std::env::var_os("SUMFLOW_PYTHON").map(PathBuf::from).unwrap_or_else(|| root().join(".venv/bin/python"));
     let out = Command::new(&python)
         .arg(root().join("python").join(script))
         .args(args)
@@ -60,7 +59,8 @@ fn rouge_matches_rouge_score_on_all_4500_lab_pairs() {
 
 #[test]
 fn porter_matches_nltk_on_every_dialogsum_token() {
-    let files: Vec<PathBuf> = ["train", "validation", "test"].iter().map(|s| data(&format!("dialogsum/{s}.csv"))).collect();
+    let files: Vec<PathBuf> =
+        ["train", "validation", "test"].iter().map(|s| data(&format!("dialogsum/{s}.csv"))).collect();
     let args: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
     let expected = python("porter_reference.py", &args);
 
@@ -86,5 +86,11 @@ fn porter_matches_nltk_on_every_dialogsum_token() {
     }
     assert_eq!(ours, theirs, "token sets differ");
     assert!(theirs.len() > 20_000, "only {} tokens", theirs.len());
-    assert!(mismatches.is_empty(), "{} of {} stems differ: {:?}", mismatches.len(), theirs.len(), &mismatches[..mismatches.len().min(20)]);
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} stems differ: {:?}",
+        mismatches.len(),
+        theirs.len(),
+        &mismatches[..mismatches.len().min(20)]
+    );
 }

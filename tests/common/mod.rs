@@ -69,7 +69,8 @@ impl Sandbox {
 /// A file under the shared data folder beside the repository.
 pub fn shared(rel: &str) -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(rel);
-    std::fs::canonicalize(&p).unwrap_or_else(|e| panic!("{}: {e} (shared/ must lie beside the repository)", p.display()))
+    std::fs::canonicalize(&p)
+        .unwrap_or_else(|e| panic!("{}: {e} (shared/ must lie beside the repository)", p.display()))
 }
 
 /// The lab's results file.

@@ -80,9 +80,9 @@ mod tests {
     fn interval_contains_the_mean_and_is_seeded() {
         let xs: Vec<f64> = (0..200).map(|i| (i % 17) as f64 / 17.0).collect();
         let b = Bootstrap { resamples: 500, seed: 3, confidence: 0.95 };
-        let a = intervals(&[xs.clone()], b)[0];
+        let a = intervals(std::slice::from_ref(&xs), b)[0];
         assert!(a.low < a.mean && a.mean < a.high, "{a:?}");
-        assert_eq!(a, intervals(&[xs.clone()], b)[0]);
+        assert_eq!(a, intervals(std::slice::from_ref(&xs), b)[0]);
         let wider = intervals(&[xs], Bootstrap { confidence: 0.99, ..b })[0];
         assert!(wider.high - wider.low > a.high - a.low);
     }

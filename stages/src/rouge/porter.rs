@@ -57,7 +57,8 @@ fn is_consonant(word: &[char], mut i: usize) -> bool {
             negate = !negate;
             i -= 1;
         }
-        return (!is_vowel(word[i])) != negate;
+        // Python: `(word[i] not in self.vowels) != negate`
+        return is_vowel(word[i]) == negate;
     }
     true
 }
@@ -132,19 +133,11 @@ fn apply_rule_list(word: &[char], rules: &[Rule]) -> Word {
     for (suffix, replacement, condition) in rules {
         if *suffix == "*d" && ends_double_consonant(word) {
             let stem = word[..word.len() - 2].to_vec();
-            return if condition.is_none_or(|c| c(&stem)) {
-                with(stem, replacement)
-            } else {
-                word.to_vec()
-            };
+            return if condition.is_none_or(|c| c(&stem)) { with(stem, replacement) } else { word.to_vec() };
         }
         if ends_with(word, suffix) {
             let stem = strip(word, suffix);
-            return if condition.is_none_or(|c| c(&stem)) {
-                with(stem, replacement)
-            } else {
-                word.to_vec()
-            };
+            return if condition.is_none_or(|c| c(&stem)) { with(stem, replacement) } else { word.to_vec() };
         }
     }
     word.to_vec()
@@ -158,10 +151,7 @@ fn step1a(word: &[char]) -> Word {
     if ends_with(word, "ies") && word.len() == 4 {
         return with(strip(word, "ies"), "ie");
     }
-    apply_rule_list(
-        word,
-        &rules(&[("sses", "ss", None), ("ies", "i", None), ("ss", "ss", None), ("s", "", None)]),
-    )
+    apply_rule_list(word, &rules(&[("sses", "ss", None), ("ies", "i", None), ("ss", "ss", None), ("s", "", None)]))
 }
 
 fn step1b(word: &[char]) -> Word {

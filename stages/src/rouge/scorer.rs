@@ -54,11 +54,7 @@ pub struct Score {
 impl Score {
     fn new(precision: f64, recall: f64) -> Score {
         // scoring.fmeasure
-        let fmeasure = if precision + recall > 0.0 {
-            2.0 * precision * recall / (precision + recall)
-        } else {
-            0.0
-        };
+        let fmeasure = if precision + recall > 0.0 { 2.0 * precision * recall / (precision + recall) } else { 0.0 };
         Score { precision, recall, fmeasure }
     }
 }
@@ -73,10 +69,7 @@ pub struct RougeScorer {
 impl RougeScorer {
     /// A scorer for `types`, stemming or not.
     pub fn new(types: &[RougeType], use_stemmer: bool) -> Self {
-        RougeScorer {
-            types: types.to_vec(),
-            tokenizer: Tokenizer::new(use_stemmer),
-        }
+        RougeScorer { types: types.to_vec(), tokenizer: Tokenizer::new(use_stemmer) }
     }
 
     /// Scores `prediction` against `target`, one `Score` per configured type, in order.
@@ -224,8 +217,8 @@ mod tests {
     fn lsum_unions_lcs_across_sentences() {
         // The ROUGE paper's example (section 3.2): r = w1..w5, c1 = w1 w2 w6 w7 w8,
         // c2 = w1 w3 w8 w9 w5; the union LCS is w1 w2 w3 w5: 4 hits of 5 reference tokens.
-        let s = RougeScorer::new(&[RougeType::RougeLsum], false)
-            .score("w1 w2 w3 w4 w5", "w1 w2 w6 w7 w8\nw1 w3 w8 w9 w5");
+        let s =
+            RougeScorer::new(&[RougeType::RougeLsum], false).score("w1 w2 w3 w4 w5", "w1 w2 w6 w7 w8\nw1 w3 w8 w9 w5");
         assert_eq!(s[0].recall, 0.8);
         assert_eq!(s[0].precision, 0.4);
     }

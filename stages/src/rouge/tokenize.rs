@@ -16,10 +16,7 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// A tokenizer that stems (`use_stemmer=True`) or not.
     pub fn new(use_stemmer: bool) -> Self {
-        Tokenizer {
-            use_stemmer,
-            stems: Arc::default(),
-        }
+        Tokenizer { use_stemmer, stems: Arc::default() }
     }
 
     /// The tokens of `text`.
@@ -29,13 +26,7 @@ impl Tokenizer {
         lower
             .split(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit()))
             .filter(|t| !t.is_empty())
-            .map(|t| {
-                if self.use_stemmer && t.len() > 3 {
-                    self.stem(t)
-                } else {
-                    t.to_string()
-                }
-            })
+            .map(|t| if self.use_stemmer && t.len() > 3 { self.stem(t) } else { t.to_string() })
             // rouge_score drops tokens that are not `^[a-z0-9]+$` after stemming.
             .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
             .collect()
@@ -46,10 +37,7 @@ impl Tokenizer {
             return s.clone();
         }
         let s = porter::stem(token);
-        self.stems
-            .write()
-            .expect("stem cache poisoned")
-            .insert(token.to_string(), s.clone());
+        self.stems.write().expect("stem cache poisoned").insert(token.to_string(), s.clone());
         s
     }
 }
@@ -61,7 +49,10 @@ mod tests {
     #[test]
     fn splits_like_rouge_score() {
         let t = Tokenizer::new(false);
-        assert_eq!(t.tokenize("#Person1# teaches #Person2#'s system."), ["person1", "teaches", "person2", "s", "system"]);
+        assert_eq!(
+            t.tokenize("#Person1# teaches #Person2#'s system."),
+            ["person1", "teaches", "person2", "s", "system"]
+        );
         assert_eq!(t.tokenize("Ünïcode—dash\r\nnew"), ["n", "code", "dash", "new"]);
         assert!(t.tokenize("  !!! ").is_empty());
     }

@@ -140,8 +140,8 @@ mod tests {
         let text = "name: x\nstages:\n  a: {kind: load, path: f.csv}\n  b:\n    kind: score\n    predictions: [p, q]\n";
         let idx = SpanIndex::new(text);
         assert_eq!(idx.find("stages.a"), Some(Pos { line: 3, col: 3 }));
-        assert_eq!(idx.find("stages.a.path"), Some(Pos { line: 3, col: 21 }));
-        assert_eq!(idx.find_value("stages.a.path"), Some(Pos { line: 3, col: 27 }));
+        assert_eq!(idx.find("stages.a.path"), Some(Pos { line: 3, col: 19 }));
+        assert_eq!(idx.find_value("stages.a.path"), Some(Pos { line: 3, col: 25 }));
         assert_eq!(idx.find("stages.b.predictions[1]"), Some(Pos { line: 6, col: 22 }));
         // An unknown path falls back to its nearest known parent.
         assert_eq!(idx.find("stages.b.nope"), Some(Pos { line: 4, col: 3 }));

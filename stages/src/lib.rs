@@ -1,16 +1,22 @@
 //! The stages sumflow runs, behind the [`Stage`] trait, and the [`Registry`] that lists them.
 //!
-//! Stages here need no libtorch: `load`, `subsample` and `score` (with ROUGE in [`rouge`]).
+//! `load`, `subsample` and `score` (with ROUGE in [`rouge`]) need no libtorch; the model stages
+//! build with the `torch` feature.
 
 pub mod error;
 pub mod hub;
 pub mod load;
+#[cfg(feature = "torch")]
+pub mod make_model;
 pub mod registry;
 pub mod rouge;
 pub mod score;
 pub mod stage;
 pub mod subsample;
+#[cfg(feature = "torch")]
+pub mod t5;
 pub mod table;
+pub mod tokenizer;
 
 pub use error::StageError;
 pub use registry::{DynStage, Params, Registry};

@@ -110,6 +110,8 @@ impl Registry {
         r.add(crate::load::Load);
         r.add(crate::subsample::Subsample);
         r.add(crate::score::Score);
+        #[cfg(feature = "torch")]
+        r.add(crate::make_model::MakeModel);
         r
     }
 

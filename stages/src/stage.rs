@@ -18,6 +18,8 @@ pub enum ArtifactKind {
     Table,
     /// Scores: `metrics.json` plus `per_example.csv`.
     Metrics,
+    /// A model folder in Hugging Face's layout (config, safetensors, tokenizer).
+    Model,
 }
 
 impl fmt::Display for ArtifactKind {
@@ -25,6 +27,7 @@ impl fmt::Display for ArtifactKind {
         f.write_str(match self {
             ArtifactKind::Table => "table",
             ArtifactKind::Metrics => "metrics",
+            ArtifactKind::Model => "model",
         })
     }
 }

@@ -1,0 +1,2 @@
+//! Build script: libtorch link settings for the `torch` feature (see `libtorch_link.rs`).
+include!("libtorch_link.rs");

@@ -1,0 +1,198 @@
+//! T5 attention: unscaled dot products plus a learned relative-position bias (first layer of
+//! each stack computes it, the others reuse it), run through `scaled_dot_product_attention`
+//! with bias and mask as one float mask. Decoding keeps keys and values in an explicit
+//! [`KvCache`] passed by `&mut`.
+
+use tch::{nn, Kind, Tensor};
+
+use super::config::T5Config;
+
+/// Keys and values of one decoder layer: self-attention grows a step at a time, cross-attention
+/// is computed once from the encoder output.
+#[derive(Debug, Default)]
+pub struct LayerCache {
+    self_kv: Option<(Tensor, Tensor)>,
+    cross_kv: Option<(Tensor, Tensor)>,
+}
+
+/// The decoder's cache for incremental decoding, one entry per layer.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    /// Per decoder layer.
+    pub layers: Vec<LayerCache>,
+}
+
+impl KvCache {
+    /// An empty cache for `layers` decoder layers.
+    pub fn new(layers: usize) -> Self {
+        KvCache { layers: (0..layers).map(|_| LayerCache::default()).collect() }
+    }
+
+    /// Decoder positions already cached.
+    pub fn len(&self) -> i64 {
+        self.layers.first().and_then(|l| l.self_kv.as_ref()).map_or(0, |(k, _)| k.size()[2])
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keeps only batch rows `rows` (finished sequences leave; beams reorder).
+    pub fn select(&mut self, rows: &Tensor) {
+        let pick = |kv: &mut Option<(Tensor, Tensor)>| {
+            if let Some((k, v)) = kv.take() {
+                *kv = Some((k.index_select(0, rows), v.index_select(0, rows)));
+            }
+        };
+        for l in &mut self.layers {
+            pick(&mut l.self_kv);
+            pick(&mut l.cross_kv);
+        }
+    }
+}
+
+/// Which cache slot an attention layer uses.
+pub enum CacheSlot<'a> {
+    /// No cache (encoder, training).
+    None,
+    /// Decoder self-attention: append this step's keys and values.
+    SelfAttn(&'a mut LayerCache),
+    /// Decoder cross-attention: compute once, then reuse.
+    Cross(&'a mut LayerCache),
+}
+
+/// One T5 attention module (`SelfAttention` or `EncDecAttention`).
+#[derive(Debug)]
+pub struct Attention {
+    q: nn::Linear,
+    k: nn::Linear,
+    v: nn::Linear,
+    o: nn::Linear,
+    relative_bias: Option<nn::Embedding>,
+    n_heads: i64,
+    d_kv: i64,
+    bidirectional: bool,
+    num_buckets: i64,
+    max_distance: i64,
+    dropout: f64,
+}
+
+fn linear(path: nn::Path, i: i64, o: i64, std: f64) -> nn::Linear {
+    let ws = path.var("weight", &[o, i], nn::Init::Randn { mean: 0.0, stdev: std });
+    nn::Linear { ws, bs: None }
+}
+
+impl Attention {
+    /// An attention module at `path`; `relative_bias` for the first layer of a stack.
+    pub fn new(path: nn::Path, c: &T5Config, is_decoder: bool, relative_bias: bool) -> Self {
+        let inner = c.num_heads * c.d_kv;
+        // transformers' initialization, so random-init models match theirs in scale.
+        let d = c.d_model as f64;
+        let relative_bias = relative_bias.then(|| {
+            let cfg = nn::EmbeddingConfig {
+                ws_init: nn::Init::Randn { mean: 0.0, stdev: d.powf(-0.5) },
+                ..Default::default()
+            };
+            nn::embedding(&path / "relative_attention_bias", c.relative_attention_num_buckets, c.num_heads, cfg)
+        });
+        Attention {
+            q: linear(&path / "q", c.d_model, inner, (d * c.d_kv as f64).powf(-0.5)),
+            k: linear(&path / "k", c.d_model, inner, d.powf(-0.5)),
+            v: linear(&path / "v", c.d_model, inner, d.powf(-0.5)),
+            o: linear(&path / "o", inner, c.d_model, (inner as f64).powf(-0.5)),
+            relative_bias,
+            n_heads: c.num_heads,
+            d_kv: c.d_kv,
+            bidirectional: !is_decoder,
+            num_buckets: c.relative_attention_num_buckets,
+            max_distance: c.relative_attention_max_distance,
+            dropout: c.dropout_rate,
+        }
+    }
+
+    /// The linear layers by name (`q`, `k`, `v`, `o`), for LoRA.
+    pub fn linears_mut(&mut self) -> [(&'static str, &mut nn::Linear); 4] {
+        [("q", &mut self.q), ("k", &mut self.k), ("v", &mut self.v), ("o", &mut self.o)]
+    }
+
+    /// Whether this layer owns the relative-position bias.
+    pub fn has_relative_bias(&self) -> bool {
+        self.relative_bias.is_some()
+    }
+
+    /// Relative position → bucket, as Mesh TensorFlow and transformers compute it.
+    fn bucket(&self, relative: &Tensor) -> Tensor {
+        let mut num_buckets = self.num_buckets;
+        let mut buckets = relative.zeros_like();
+        let relative = if self.bidirectional {
+            num_buckets /= 2;
+            buckets += relative.gt(0).to_kind(Kind::Int64) * num_buckets;
+            relative.abs()
+        } else {
+            -relative.clamp_max(0)
+        };
+        let max_exact = num_buckets / 2;
+        let is_small = relative.lt(max_exact);
+        let large = (relative.to_kind(Kind::Float) / max_exact as f64).log()
+            / (self.max_distance as f64 / max_exact as f64).ln()
+            * (num_buckets - max_exact) as f64;
+        let large = (large.to_kind(Kind::Int64) + max_exact).clamp_max(num_buckets - 1);
+        buckets + relative.where_self(&is_small, &large)
+    }
+
+    /// The bias `(1, heads, q_len, k_len)` for queries starting at position `offset`.
+    pub fn compute_bias(&self, q_len: i64, k_len: i64, offset: i64) -> Tensor {
+        let emb = self.relative_bias.as_ref().expect("only the first layer computes the bias");
+        let device = emb.ws.device();
+        let context = Tensor::arange(q_len, (Kind::Int64, device)).unsqueeze(1) + offset;
+        let memory = Tensor::arange(k_len, (Kind::Int64, device)).unsqueeze(0);
+        let buckets = self.bucket(&(memory - context));
+        buckets.apply(emb).permute([2, 0, 1]).unsqueeze(0)
+    }
+
+    fn heads(&self, x: &Tensor) -> Tensor {
+        let (b, t, _) = x.size3().expect("(batch, time, features)");
+        x.view([b, t, self.n_heads, self.d_kv]).transpose(1, 2)
+    }
+
+    /// Attends from `x` to itself (or to `kv_source` for cross-attention). `bias` is the
+    /// relative-position bias plus mask, broadcastable to `(batch, heads, q, k)`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        kv_source: Option<&Tensor>,
+        bias: &Tensor,
+        cache: CacheSlot,
+        train: bool,
+    ) -> Tensor {
+        use tch::nn::Module;
+        let (b, t, _) = x.size3().expect("(batch, time, features)");
+        let q = self.heads(&self.q.forward(x));
+        let project = |src: &Tensor| (self.heads(&self.k.forward(src)), self.heads(&self.v.forward(src)));
+        let (k, v) = match cache {
+            CacheSlot::None => project(kv_source.unwrap_or(x)),
+            CacheSlot::SelfAttn(layer) => {
+                let (k, v) = project(x);
+                let (k, v) = match layer.self_kv.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[pk, k], 2), Tensor::cat(&[pv, v], 2)),
+                    None => (k, v),
+                };
+                layer.self_kv = Some((k.shallow_clone(), v.shallow_clone()));
+                (k, v)
+            }
+            CacheSlot::Cross(layer) => {
+                if layer.cross_kv.is_none() {
+                    layer.cross_kv = Some(project(kv_source.expect("cross-attention has a source")));
+                }
+                let (k, v) = layer.cross_kv.as_ref().expect("just set");
+                (k.shallow_clone(), v.shallow_clone())
+            }
+        };
+        // T5 does not scale scores by 1/sqrt(d_kv): scale = 1.
+        let mask = bias.to_kind(q.kind());
+        let p = if train { self.dropout } else { 0.0 };
+        let out = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&mask), p, false, Some(1.0), false);
+        self.o.forward(&out.transpose(1, 2).reshape([b, t, self.n_heads * self.d_kv]))
+    }
+}

@@ -1,0 +1,61 @@
+//! Where and in which precision a model runs: `cpu`, `cuda` or `auto`; bf16 on CUDA, fp32 on
+//! CPU; fp16 refused for T5 (its activations overflow to NaN) unless forced.
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind};
+
+use crate::error::StageError;
+
+/// The `device` param.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// CUDA when available, else CPU.
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// The first CUDA device (an error if there is none).
+    Cuda,
+}
+
+/// The `dtype` param.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DtypeChoice {
+    /// bf16 on CUDA, fp32 on CPU.
+    #[default]
+    Auto,
+    /// 32-bit floats.
+    Fp32,
+    /// bfloat16.
+    Bf16,
+    /// float16: T5 overflows to NaN in it; refused unless `force_fp16`.
+    Fp16,
+}
+
+/// Resolves the device.
+pub fn device(choice: DeviceChoice) -> Result<Device, StageError> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Auto => Ok(Device::cuda_if_available()),
+        DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        DeviceChoice::Cuda => Err(StageError::Internal(
+            "device: cuda was asked for but libtorch sees no CUDA device (is this a CUDA build of libtorch, with a GPU?)".into(),
+        )),
+    }
+}
+
+/// Resolves the precision for `device`.
+pub fn kind(choice: DtypeChoice, device: Device, force_fp16: bool) -> Result<Kind, StageError> {
+    match choice {
+        DtypeChoice::Auto if device.is_cuda() => Ok(Kind::BFloat16),
+        DtypeChoice::Auto | DtypeChoice::Fp32 => Ok(Kind::Float),
+        DtypeChoice::Bf16 => Ok(Kind::BFloat16),
+        DtypeChoice::Fp16 if force_fp16 => Ok(Kind::Half),
+        DtypeChoice::Fp16 => Err(StageError::Internal(
+            "dtype: fp16 overflows to NaN in T5's feed-forward activations; use bf16 (or set force_fp16 to insist)"
+                .into(),
+        )),
+    }
+}

@@ -1,0 +1,76 @@
+//! Opening a model folder in Hugging Face's layout (`config.json`, `model.safetensors`,
+//! `tokenizer.json`): a local path, or `hf://OWNER/NAME` fetched through hf-hub.
+
+use std::path::{Path, PathBuf};
+
+use tch::{nn, Device, Kind};
+use tokenizers::Tokenizer;
+
+use super::{weights, T5Config, T5};
+use crate::error::StageError;
+
+/// A model ready to run.
+pub struct Loaded {
+    /// Its variables (the optimizer's, when training).
+    pub vs: nn::VarStore,
+    /// The network.
+    pub model: T5,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+    /// The folder it came from.
+    pub dir: PathBuf,
+}
+
+const FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
+
+/// The local folder of `source`: the path itself, or the hub cache after fetching.
+pub fn resolve(source: &str) -> Result<PathBuf, StageError> {
+    let Some(name) = source.strip_prefix("hf://") else {
+        return Ok(PathBuf::from(source));
+    };
+    let what = format!("hf://{name}");
+    let hub = |e: &dyn std::fmt::Display| {
+        StageError::Hub {
+        what: what.clone(),
+        message: format!("cannot fetch it from the Hugging Face hub ({e}); offline, point `model` at a local model folder (e.g. one written by `sumflow make-model`)"),
+    }
+    };
+    let api = hf_hub::api::sync::ApiBuilder::from_env().with_progress(false).build().map_err(|e| hub(&e))?;
+    let repo = api.model(name.to_string());
+    let mut dir = None;
+    for file in FILES.iter().chain(&["generation_config.json"]) {
+        match repo.get(file) {
+            Ok(path) => dir = path.parent().map(Path::to_path_buf),
+            Err(e) if *file == "generation_config.json" => drop(e),
+            Err(e) => return Err(hub(&e)),
+        }
+    }
+    dir.ok_or_else(|| hub(&"no files"))
+}
+
+/// Reads `config.json` leniently.
+pub fn read_config(dir: &Path) -> Result<T5Config, StageError> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| StageError::io(&path, e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| StageError::data(path.display().to_string(), format!("not a T5 config: {e}")))
+}
+
+/// Loads config, weights and tokenizer from `dir` onto `device` in precision `kind`.
+pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Loaded, StageError> {
+    weights::refuse_pickle(dir)?;
+    for f in FILES {
+        if !dir.join(f).is_file() {
+            return Err(StageError::data(dir.display().to_string(), format!("not a model folder: no {f}")));
+        }
+    }
+    let config = read_config(dir)?;
+    let mut vs = nn::VarStore::new(device);
+    let model = T5::new(&vs.root(), config);
+    weights::load(&vs, &dir.join("model.safetensors"))?;
+    if kind != Kind::Float {
+        vs.set_kind(kind);
+    }
+    let tokenizer = crate::tokenizer::load(&dir.join("tokenizer.json"))?;
+    Ok(Loaded { vs, model, tokenizer, dir: dir.to_path_buf() })
+}

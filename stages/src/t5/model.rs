@@ -1,0 +1,146 @@
+//! T5ForConditionalGeneration: a shared embedding, an encoder stack, a decoder stack and the
+//! language-model head (untied in FLAN-T5; tied and scaled by d_model^-0.5 in classic T5).
+//! Variable names follow transformers', so its safetensors files load as they are.
+
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Reduction, Tensor};
+
+use super::attention::KvCache;
+use super::block::{Block, BlockInputs};
+use super::config::T5Config;
+use super::layer_norm::LayerNorm;
+
+/// The most negative finite value of `kind`: masked attention scores.
+pub fn mask_value(kind: Kind) -> f64 {
+    match kind {
+        Kind::BFloat16 => -3.3895313892515355e38,
+        Kind::Half => -65504.0,
+        _ => f32::MIN as f64,
+    }
+}
+
+/// A stack of blocks with the final norm.
+#[derive(Debug)]
+pub struct Stack {
+    /// The blocks, in order.
+    pub blocks: Vec<Block>,
+    final_norm: LayerNorm,
+    dropout: f64,
+}
+
+impl Stack {
+    fn new(path: nn::Path, c: &T5Config, is_decoder: bool) -> Self {
+        let layers = if is_decoder { c.decoder_layers() } else { c.num_layers };
+        let blocks = (0..layers).map(|i| Block::new(&path / "block" / i, c, is_decoder, i)).collect();
+        Stack {
+            blocks,
+            final_norm: LayerNorm::new(&path / "final_layer_norm", c.d_model, c.layer_norm_epsilon),
+            dropout: c.dropout_rate,
+        }
+    }
+
+    fn forward(&self, embedded: &Tensor, inputs: &BlockInputs, mut cache: Option<&mut KvCache>) -> Tensor {
+        let mut h = embedded.dropout(self.dropout, inputs.train);
+        for (i, block) in self.blocks.iter().enumerate() {
+            let layer = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            h = block.forward(&h, inputs, layer);
+        }
+        self.final_norm.forward(&h).dropout(self.dropout, inputs.train)
+    }
+}
+
+/// The encoder-decoder model.
+#[derive(Debug)]
+pub struct T5 {
+    /// Its configuration.
+    pub config: T5Config,
+    shared: nn::Embedding,
+    /// The encoder stack.
+    pub encoder: Stack,
+    /// The decoder stack.
+    pub decoder: Stack,
+    lm_head: Option<nn::Linear>,
+}
+
+impl T5 {
+    /// A model with transformers' random initialization, its variables under `path`.
+    pub fn new(path: &nn::Path, config: T5Config) -> Self {
+        let c = &config;
+        let emb = nn::EmbeddingConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev: 1.0 }, ..Default::default() };
+        let shared = nn::embedding(path / "shared", c.vocab_size, c.d_model, emb);
+        let encoder = Stack::new(path / "encoder", c, false);
+        let decoder = Stack::new(path / "decoder", c, true);
+        let lm_head = (!c.tie_word_embeddings).then(|| nn::Linear {
+            ws: (path / "lm_head").var("weight", &[c.vocab_size, c.d_model], nn::Init::Randn { mean: 0.0, stdev: 1.0 }),
+            bs: None,
+        });
+        T5 { config, shared, encoder, decoder, lm_head }
+    }
+
+    fn device_kind(&self) -> (Device, Kind) {
+        (self.shared.ws.device(), self.shared.ws.kind())
+    }
+
+    /// `(batch, 1, 1, src)` additive mask from a 1/0 attention mask.
+    fn extended_mask(&self, mask: &Tensor) -> Tensor {
+        let (_, kind) = self.device_kind();
+        let keep: Tensor = mask.to_kind(kind);
+        (-keep + 1.0).unsqueeze(1).unsqueeze(1) * mask_value(kind)
+    }
+
+    /// Encoder output `(batch, src, d_model)` for token ids and their 1/0 mask.
+    pub fn encode(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Tensor {
+        let s = input_ids.size()[1];
+        let bias = self.encoder.blocks[0].self_attn.compute_bias(s, s, 0) + self.extended_mask(attention_mask);
+        let inputs = BlockInputs { self_bias: &bias, encoder: None, train };
+        self.encoder.forward(&input_ids.apply(&self.shared), &inputs, None)
+    }
+
+    /// Logits `(batch, tgt, vocab)` for decoder inputs; with a cache, the inputs continue the
+    /// cached positions (one token at a time when generating).
+    pub fn decode(
+        &self,
+        decoder_ids: &Tensor,
+        encoder_out: &Tensor,
+        attention_mask: &Tensor,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Tensor {
+        let (device, kind) = self.device_kind();
+        let t = decoder_ids.size()[1];
+        let offset = cache.as_ref().map_or(0, |c| c.len());
+        let k = offset + t;
+        let causal = Tensor::ones([t, k], (kind, device)).triu(offset + 1) * mask_value(kind);
+        let bias = self.decoder.blocks[0].self_attn.compute_bias(t, k, offset) + causal.unsqueeze(0).unsqueeze(0);
+        let enc_mask = self.extended_mask(attention_mask);
+        let inputs = BlockInputs { self_bias: &bias, encoder: Some((encoder_out, &enc_mask)), train };
+        let h = self.decoder.forward(&decoder_ids.apply(&self.shared), &inputs, cache);
+        match &self.lm_head {
+            Some(head) => head.forward(&h),
+            // Classic T5 ties the head to the embedding and rescales.
+            None => (h * (self.config.d_model as f64).powf(-0.5)).matmul(&self.shared.ws.tr()),
+        }
+    }
+
+    /// Labels shifted right behind the decoder start token, ignored positions as padding.
+    pub fn shift_right(&self, labels: &Tensor) -> Tensor {
+        let b = labels.size()[0];
+        let start = Tensor::full([b, 1], self.config.decoder_start_token_id, (Kind::Int64, labels.device()));
+        let shifted = Tensor::cat(&[start, labels.narrow(1, 0, labels.size()[1] - 1)], 1);
+        shifted.masked_fill(&shifted.eq(-100), self.config.pad_token_id)
+    }
+
+    /// Mean cross-entropy over label positions that are not -100, computed in fp32.
+    pub fn loss(&self, input_ids: &Tensor, attention_mask: &Tensor, labels: &Tensor, train: bool) -> Tensor {
+        let enc = self.encode(input_ids, attention_mask, train);
+        let logits = self.decode(&self.shift_right(labels), &enc, attention_mask, None, train);
+        let v = self.config.vocab_size;
+        logits.to_kind(Kind::Float).view([-1, v]).cross_entropy_loss::<Tensor>(
+            &labels.view([-1]),
+            None,
+            Reduction::Mean,
+            -100,
+            0.0,
+        )
+    }
+}

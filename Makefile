@@ -1,20 +1,23 @@
 # sumflow's two entry points (see README):
-#   make lab   build sumflow and run the lab pipeline
-#   make test  build everything from nothing (Python oracle venv included) and run every check
+#   make lab   build sumflow (with libtorch) and run the lab pipeline
+#   make test  build everything from nothing (venv with torch and the Python oracles included)
+#              and run every check
 .PHONY: lab test venv build
 
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.requirements.sha
 REQS := python/requirements-test.txt
+# tch finds libtorch in the venv's torch package (torch==2.11.0 from PyPI).
+TORCH_ENV := VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH LIBTORCH_USE_PYTORCH=1
 
 lab: build
 	./target/release/sumflow run pipelines/lab-results.yaml
 
-build:
-	cargo build --release --locked
+build: venv
+	$(TORCH_ENV) cargo build --release --locked --features torch
 
-# The venv with the Python reference implementations the parity tests compare against;
+# The venv: torch (libtorch for the build) and the Python reference implementations;
 # rebuilt when the requirements change.
 venv: $(STAMP)
 $(STAMP): $(REQS)
@@ -22,7 +25,9 @@ $(STAMP): $(REQS)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r $(REQS)
 	sha256sum $(REQS) > $(STAMP)
 
+# Lints with and without libtorch (the runner must build without it), then every test.
 test: venv
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
-	SUMFLOW_PYTHON=$(CURDIR)/$(VENV)/bin/python cargo test --workspace --locked
+	$(TORCH_ENV) cargo clippy --workspace --all-targets --locked --features torch -- -D warnings
+	$(TORCH_ENV) SUMFLOW_PYTHON=$(CURDIR)/$(VENV)/bin/python cargo test --workspace --locked --features torch

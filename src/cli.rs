@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::executor::{self, Outcome, RunOptions};
 use crate::graph::{self, GraphFormat};
 use crate::manifest::{self, Manifest};
+use crate::models;
 use crate::pipeline::{self, Pipeline};
 use crate::plan::{self, Selection};
 use crate::report::{self, Console};
@@ -105,6 +106,59 @@ enum Command {
     },
     /// List the stage kinds.
     Stages,
+    /// Write a random-init model of a real architecture, with a tokenizer trained on local text.
+    MakeModel {
+        /// tiny, flan-t5-small, flan-t5-base or flan-t5-large.
+        #[arg(long)]
+        arch: String,
+        /// A CSV/JSONL/Parquet file, or a folder whose train split is used.
+        #[arg(long)]
+        tokenizer_data: PathBuf,
+        /// Tokenizer pieces (before the 100 sentinels).
+        #[arg(long, default_value_t = 32000)]
+        vocab_size: u32,
+        /// Seed of the random weights.
+        #[arg(long, default_value_t = 0)]
+        seed: i64,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Count a model's parameters, like the lab's print_number_of_trainable_model_parameters.
+    Params {
+        /// A model folder, hf://OWNER/NAME, or an architecture name (tiny, flan-t5-base, ...).
+        #[arg(long)]
+        model: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Summarize a dialogue (TEXT, or `-` for standard input) or every row of a table file.
+    Summarize {
+        /// A model folder or hf://OWNER/NAME.
+        #[arg(long)]
+        model: String,
+        /// The dialogue; `-` reads standard input.
+        text: Option<String>,
+        /// A CSV/JSONL/Parquet file of dialogues.
+        #[arg(long, requires = "output", conflicts_with = "text")]
+        input: Option<PathBuf>,
+        /// Where to write the input rows plus a `summary` column (CSV).
+        #[arg(long, requires = "input")]
+        output: Option<PathBuf>,
+        /// Column of dialogues in --input.
+        #[arg(long, default_value = "dialogue")]
+        column: String,
+        /// Most tokens per summary.
+        #[arg(long, default_value_t = 200)]
+        max_new_tokens: i64,
+        /// Beam search with this many beams (1: greedy).
+        #[arg(long, default_value_t = 1)]
+        num_beams: i64,
+        /// cpu, cuda or auto.
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -228,6 +282,38 @@ pub fn main(cli: Cli) -> Result<ExitCode, Error> {
         }
         Command::Score { file, references, predictions, baseline, reference_mode, group_by, no_stemmer, format } => {
             score(&file, references, predictions, baseline, reference_mode, group_by, no_stemmer, format)
+        }
+        Command::MakeModel { arch, tokenizer_data, vocab_size, seed, out } => {
+            models::make_model(&arch, &tokenizer_data, vocab_size, seed, &out)?;
+            println!(
+                "{}: random-init {arch} with a {vocab_size}-piece tokenizer trained on {}",
+                out.display(),
+                tokenizer_data.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Params { model, format } => {
+            let count = models::params(&model)?;
+            match format {
+                Format::Text => print!("{}", count.render()),
+                Format::Json => println!("{}", serde_json::to_string_pretty(&count).expect("counts serialize")),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Summarize { model, text, input, output, column, max_new_tokens, num_beams, device } => {
+            if let (Some(input), Some(output)) = (input, output) {
+                let rows =
+                    models::summarize_file(&model, &input, &output, &column, max_new_tokens, num_beams, &device)?;
+                eprintln!("{}: {rows} rows summarized", output.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            let text = match text.as_deref() {
+                None | Some("-") => std::io::read_to_string(std::io::stdin()).map_err(|e| Error::io("<stdin>", e))?,
+                Some(t) => t.to_string(),
+            };
+            let summary = models::summarize(&model, &[text], max_new_tokens, num_beams, &device)?;
+            println!("{}", summary[0]);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Stages => {
             for s in registry.iter() {

@@ -30,6 +30,9 @@ pub enum Error {
         #[source]
         source: sumflow_stages::StageError,
     },
+    /// A model command failed.
+    #[error("{0}")]
+    Model(#[from] sumflow_stages::StageError),
     /// Stages failed; each was reported as it happened.
     #[error("{} stage{} failed: {}", .0.len(), if .0.len() == 1 { "" } else { "s" }, .0.join(", "))]
     StagesFailed(Vec<String>),

@@ -241,6 +241,7 @@ fn run_stage(
         outputs: BTreeMap::new(),
         created: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         duration_s: t0.elapsed().as_secs_f64(),
+        stats: ctx.stats(),
     };
     cache.commit(&scratch, &node.outputs, entry).map_err(internal)
 }

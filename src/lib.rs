@@ -12,6 +12,7 @@ pub mod error;
 pub mod executor;
 pub mod graph;
 pub mod manifest;
+pub mod models;
 pub mod pipeline;
 pub mod plan;
 pub mod report;

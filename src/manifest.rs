@@ -81,6 +81,9 @@ pub struct StageRecord {
     /// Why it failed or was skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Figures the stage recorded when it ran (throughput, counts).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stats: BTreeMap<String, f64>,
 }
 
 impl Host {
@@ -129,6 +132,7 @@ impl Manifest {
                     duration_s: run.duration.as_secs_f64(),
                     outputs: run.entry.as_ref().map(|e| e.outputs.clone()).unwrap_or_default(),
                     note,
+                    stats: run.entry.as_ref().map(|e| e.stats.clone()).unwrap_or_default(),
                 }
             })
             .collect();

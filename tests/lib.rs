@@ -8,4 +8,6 @@ mod cache;
 mod executor;
 mod lab;
 mod load;
+#[cfg(feature = "torch")]
+mod models;
 mod validate;

@@ -56,6 +56,9 @@ pub struct Entry {
     pub created: String,
     /// How long the stage ran, in seconds.
     pub duration_s: f64,
+    /// Figures the stage recorded (throughput, counts).
+    #[serde(default)]
+    pub stats: BTreeMap<String, f64>,
 }
 
 /// A cache root.

@@ -11,7 +11,7 @@ fn hub_error(what: &str, e: impl std::fmt::Display) -> StageError {
     StageError::Hub {
         what: what.to_string(),
         message: format!(
-            "cannot fetch it from the Hugging Face hub ({e}); offline, point the stage at a local copy instead (a folder path, e.g. --set data=../shared/data/dialogsum)"
+            "cannot fetch it from the Hugging Face hub ({e}); offline, point the stage at a local copy instead (a folder path, e.g. --set data=../shared/data/dialogsum, or --set model=DIR from `sumflow make-model`)"
         ),
     }
 }
@@ -54,4 +54,20 @@ pub fn fetch_dataset(name: &str, revision: &str, splits: &[String]) -> Result<Ve
             }
         })
         .collect()
+}
+
+/// Downloads (or finds in the hub cache) a model's config, weights and tokenizer; returns the
+/// local folder holding them. `source` is `hf://OWNER/NAME`.
+pub fn fetch_model(source: &str) -> Result<PathBuf, StageError> {
+    let name = source.trim_start_matches("hf://");
+    let what = format!("hf://{name}");
+    let api = ApiBuilder::from_env().with_progress(false).build().map_err(|e| hub_error(&what, e))?;
+    let repo = api.model(name.to_string());
+    let mut dir = None;
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        let path = repo.get(file).map_err(|e| hub_error(&format!("{what}/{file}"), e))?;
+        dir = path.parent().map(std::path::Path::to_path_buf);
+    }
+    let _ = repo.get("generation_config.json");
+    dir.ok_or_else(|| hub_error(&what, "no files"))
 }

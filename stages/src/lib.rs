@@ -4,10 +4,13 @@
 //! build with the `torch` feature.
 
 pub mod error;
+#[cfg(feature = "torch")]
+pub mod generate;
 pub mod hub;
 pub mod load;
 #[cfg(feature = "torch")]
 pub mod make_model;
+pub mod model_ref;
 pub mod registry;
 pub mod rouge;
 pub mod score;
@@ -16,6 +19,7 @@ pub mod subsample;
 #[cfg(feature = "torch")]
 pub mod t5;
 pub mod table;
+pub mod tokenize;
 pub mod tokenizer;
 
 pub use error::StageError;

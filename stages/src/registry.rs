@@ -110,8 +110,11 @@ impl Registry {
         r.add(crate::load::Load);
         r.add(crate::subsample::Subsample);
         r.add(crate::score::Score);
+        r.add(crate::tokenize::Tokenize);
         #[cfg(feature = "torch")]
         r.add(crate::make_model::MakeModel);
+        #[cfg(feature = "torch")]
+        r.add(crate::generate::Generate);
         r
     }
 

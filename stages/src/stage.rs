@@ -20,6 +20,8 @@ pub enum ArtifactKind {
     Metrics,
     /// A model folder in Hugging Face's layout (config, safetensors, tokenizer).
     Model,
+    /// Token ids: `tokens.parquet` (`id`, `input_ids`, `labels`) plus `meta.json`.
+    Tokens,
 }
 
 impl fmt::Display for ArtifactKind {
@@ -28,6 +30,7 @@ impl fmt::Display for ArtifactKind {
             ArtifactKind::Table => "table",
             ArtifactKind::Metrics => "metrics",
             ArtifactKind::Model => "model",
+            ArtifactKind::Tokens => "tokens",
         })
     }
 }
@@ -167,6 +170,7 @@ pub struct StageContext<'a> {
     pub work_dir: PathBuf,
     /// Where progress goes.
     pub progress: &'a dyn Progress,
+    stats: std::sync::Mutex<BTreeMap<String, f64>>,
 }
 
 impl<'a> StageContext<'a> {
@@ -178,7 +182,17 @@ impl<'a> StageContext<'a> {
         work_dir: PathBuf,
         progress: &'a dyn Progress,
     ) -> Self {
-        StageContext { stage_id, inputs, output_root, work_dir, progress }
+        StageContext { stage_id, inputs, output_root, work_dir, progress, stats: Default::default() }
+    }
+
+    /// Records a figure of this run (throughput, counts); it goes into the run's manifest.
+    pub fn record(&self, name: &str, value: f64) {
+        self.stats.lock().expect("stats lock").insert(name.to_string(), value);
+    }
+
+    /// The figures recorded so far.
+    pub fn stats(&self) -> BTreeMap<String, f64> {
+        self.stats.lock().expect("stats lock").clone()
     }
 
     /// The artifact folder bound to input slot `field`.

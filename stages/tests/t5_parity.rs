@@ -102,10 +102,10 @@ fn check(arch: &str, n: usize, max_new: i64) {
     let rows: Vec<Vec<i64>> = (0..n).map(|i| ids(&facts["source_ids"][i])).collect();
     let width = rows.iter().map(Vec::len).max().unwrap();
     let padded: Vec<i64> =
-        rows.iter().flat_map(|r| r.iter().copied().chain(std::iter::repeat(0).take(width - r.len()))).collect();
+        rows.iter().flat_map(|r| r.iter().copied().chain(std::iter::repeat_n(0, width - r.len()))).collect();
     let mask: Vec<i64> = rows
         .iter()
-        .flat_map(|r| std::iter::repeat(1).take(r.len()).chain(std::iter::repeat(0).take(width - r.len())))
+        .flat_map(|r| std::iter::repeat_n(1, r.len()).chain(std::iter::repeat_n(0, width - r.len())))
         .collect();
     let x = Tensor::from_slice(&padded).view([n as i64, width as i64]);
     let batched =

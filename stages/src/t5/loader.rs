@@ -1,5 +1,5 @@
 //! Opening a model folder in Hugging Face's layout (`config.json`, `model.safetensors`,
-//! `tokenizer.json`): a local path, or `hf://OWNER/NAME` fetched through hf-hub.
+//! `tokenizer.json`), local or fetched by [`crate::hub::fetch_model`].
 
 use std::path::{Path, PathBuf};
 
@@ -22,31 +22,6 @@ pub struct Loaded {
 }
 
 const FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
-
-/// The local folder of `source`: the path itself, or the hub cache after fetching.
-pub fn resolve(source: &str) -> Result<PathBuf, StageError> {
-    let Some(name) = source.strip_prefix("hf://") else {
-        return Ok(PathBuf::from(source));
-    };
-    let what = format!("hf://{name}");
-    let hub = |e: &dyn std::fmt::Display| {
-        StageError::Hub {
-        what: what.clone(),
-        message: format!("cannot fetch it from the Hugging Face hub ({e}); offline, point `model` at a local model folder (e.g. one written by `sumflow make-model`)"),
-    }
-    };
-    let api = hf_hub::api::sync::ApiBuilder::from_env().with_progress(false).build().map_err(|e| hub(&e))?;
-    let repo = api.model(name.to_string());
-    let mut dir = None;
-    for file in FILES.iter().chain(&["generation_config.json"]) {
-        match repo.get(file) {
-            Ok(path) => dir = path.parent().map(Path::to_path_buf),
-            Err(e) if *file == "generation_config.json" => drop(e),
-            Err(e) => return Err(hub(&e)),
-        }
-    }
-    dir.ok_or_else(|| hub(&"no files"))
-}
 
 /// Reads `config.json` leniently.
 pub fn read_config(dir: &Path) -> Result<T5Config, StageError> {

@@ -144,3 +144,81 @@ impl T5 {
         )
     }
 }
+
+/// (trainable, total) parameters of a model with `config`, built on the CPU.
+pub fn count_parameters(config: &T5Config) -> (i64, i64) {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _model = T5::new(&vs.root(), config.clone());
+    let count = |ts: Vec<Tensor>| ts.iter().map(|t| t.numel() as i64).sum::<i64>();
+    (count(vs.trainable_variables()), count(vs.variables().into_values().collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> (nn::VarStore, T5) {
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut c = T5Config::preset("tiny").unwrap();
+        c.vocab_size = 100;
+        let m = T5::new(&vs.root(), c);
+        (vs, m)
+    }
+
+    fn batch() -> (Tensor, Tensor, Tensor) {
+        let x = Tensor::from_slice(&[5i64, 6, 7, 8, 9, 1, 11, 12, 1, 0, 0, 0]).view([2, 6]);
+        let mask = x.ne(0).to_kind(Kind::Int64);
+        let dec = Tensor::from_slice(&[0i64, 3, 4, 5, 6, 7, 0, 8, 9, 10, 11, 12]).view([2, 6]);
+        (x, mask, dec)
+    }
+
+    #[test]
+    fn step_by_step_decoding_with_the_cache_equals_a_full_forward() {
+        let (_vs, m) = tiny();
+        let (x, mask, dec) = batch();
+        tch::no_grad(|| {
+            let enc = m.encode(&x, &mask, false);
+            let full = m.decode(&dec, &enc, &mask, None, false);
+            let mut cache = KvCache::new(m.decoder.blocks.len());
+            for t in 0..6 {
+                let step = m.decode(&dec.narrow(1, t, 1), &enc, &mask, Some(&mut cache), false);
+                let want = full.narrow(1, t, 1);
+                // Relative to the logits' scale (random-init logits reach ~50).
+                let diff = (step - &want).abs().max().double_value(&[]) / want.abs().max().double_value(&[]);
+                assert!(diff < 1e-6, "step {t}: relative {diff}");
+            }
+            assert_eq!(cache.len(), 6);
+        });
+    }
+
+    #[test]
+    fn dropout_only_in_training() {
+        let (_vs, m) = tiny();
+        let (x, mask, dec) = batch();
+        let run = |train| m.loss(&x, &mask, &dec, train).double_value(&[]);
+        assert_eq!(run(false), run(false));
+        assert_ne!(run(true), run(true));
+    }
+
+    #[test]
+    fn loss_ignores_padded_label_positions() {
+        let (_vs, m) = tiny();
+        let (x, mask, _) = batch();
+        let x = x.narrow(0, 0, 1);
+        let mask = mask.narrow(0, 0, 1);
+        let labels = Tensor::from_slice(&[3i64, 4, 5, 1]).view([1, 4]);
+        let padded = Tensor::from_slice(&[3i64, 4, 5, 1, -100, -100]).view([1, 6]);
+        let a = m.loss(&x, &mask, &labels, false).double_value(&[]);
+        let b = m.loss(&x, &mask, &padded, false).double_value(&[]);
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        // Padding with the pad id instead (the lab's bug) changes the loss.
+        let pad_trained = Tensor::from_slice(&[3i64, 4, 5, 1, 0, 0]).view([1, 6]);
+        assert!((m.loss(&x, &mask, &pad_trained, false).double_value(&[]) - a).abs() > 1e-3);
+    }
+
+    #[test]
+    fn flan_t5_base_has_the_labs_parameter_count() {
+        assert_eq!(count_parameters(&T5Config::preset("flan-t5-base").unwrap()), (247_577_856, 247_577_856));
+    }
+}

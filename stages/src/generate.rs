@@ -1,0 +1,314 @@
+//! The `generate` stage: summaries for every row of a table. Identical dialogues are generated
+//! once (DialogSum's test split: 500 dialogues in 1,500 rows); the rest are sorted by length and
+//! batched under a token budget (halved on CUDA out-of-memory), then put back in row order.
+//! `one_at_a_time` runs the lab's loop instead, for benchmarks.
+
+use std::collections::{BTreeMap, HashMap};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Tensor};
+
+use crate::error::StageError;
+use crate::model_ref;
+use crate::stage::{
+    ArtifactKind, FileInput, InputRef, InputSlot, OutputDecl, ParamError, Progress, Resource, Stage, StageContext,
+};
+use crate::t5::decode::{generate, Strategy};
+use crate::t5::device::{self, DeviceChoice, DtypeChoice};
+use crate::t5::loader::{self, Loaded};
+use crate::table::Table;
+use crate::tokenize::{encode, render, row_ids, LAB_TEMPLATE};
+
+/// How to generate: everything but the data and the model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateOptions {
+    /// Longest source, in tokens.
+    pub max_source_tokens: usize,
+    /// Most tokens generated per summary (the lab: 200).
+    pub max_new_tokens: i64,
+    /// Greedy, sampling or beam search.
+    pub decoding: Strategy,
+    /// Tokens per batch (rows × longest source), halved on CUDA out-of-memory.
+    pub batch_tokens: usize,
+    /// The lab's loop: one dialogue at a time.
+    pub one_at_a_time: bool,
+}
+
+/// Params of `generate`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateParams {
+    /// The table of dialogues.
+    pub input: InputRef,
+    /// A model folder or `hf://OWNER/NAME`.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Or the `model` output of a stage.
+    #[serde(default)]
+    pub model_from: Option<InputRef>,
+    /// The prompt; `{dialogue}` is replaced by the dialogue.
+    #[serde(default = "lab_template")]
+    pub template: String,
+    /// Column of dialogues.
+    #[serde(default = "dialogue")]
+    pub source_column: String,
+    /// Column of row ids (default: `id` when present, else the row number).
+    #[serde(default)]
+    pub id_column: Option<String>,
+    /// Longest source, in tokens.
+    #[serde(default = "d512")]
+    pub max_source_tokens: usize,
+    /// Most tokens generated per summary (the lab: 200).
+    #[serde(default = "d200")]
+    pub max_new_tokens: i64,
+    /// `{strategy: greedy}` (default), `{strategy: sample, temperature, top_k, seed}` or
+    /// `{strategy: beam, num_beams, length_penalty}`.
+    #[serde(default = "greedy")]
+    pub decoding: Strategy,
+    /// Tokens per batch (rows × longest source).
+    #[serde(default = "d16k")]
+    pub batch_tokens: usize,
+    /// The lab's loop: one dialogue at a time (for benchmarks).
+    #[serde(default)]
+    pub one_at_a_time: bool,
+    /// `auto`, `cpu` or `cuda`.
+    #[serde(default)]
+    pub device: DeviceChoice,
+    /// `auto` (bf16 on CUDA, fp32 on CPU), `fp32`, `bf16`, `fp16` (needs `force_fp16`).
+    #[serde(default)]
+    pub dtype: DtypeChoice,
+    /// Allow fp16 although T5 overflows in it.
+    #[serde(default)]
+    pub force_fp16: bool,
+}
+
+fn lab_template() -> String {
+    LAB_TEMPLATE.into()
+}
+fn dialogue() -> String {
+    "dialogue".into()
+}
+fn d512() -> usize {
+    512
+}
+fn d200() -> i64 {
+    200
+}
+fn d16k() -> usize {
+    16384
+}
+fn greedy() -> Strategy {
+    Strategy::Greedy
+}
+
+impl GenerateParams {
+    fn options(&self) -> GenerateOptions {
+        GenerateOptions {
+            max_source_tokens: self.max_source_tokens,
+            max_new_tokens: self.max_new_tokens,
+            decoding: self.decoding.clone(),
+            batch_tokens: self.batch_tokens,
+            one_at_a_time: self.one_at_a_time,
+        }
+    }
+}
+
+/// Summaries of `prompts` and their generated-token counts, plus figures of the run.
+pub struct Generated {
+    /// One per prompt, in order.
+    pub summaries: Vec<(String, usize)>,
+    /// Distinct prompts generated.
+    pub distinct: usize,
+    /// Sources cut to `max_source_tokens`.
+    pub truncated: usize,
+    /// Tokens generated in all.
+    pub new_tokens: usize,
+    /// Seconds spent generating.
+    pub seconds: f64,
+}
+
+fn is_oom(panic: &(dyn std::any::Any + Send)) -> bool {
+    let msg = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("");
+    msg.contains("out of memory")
+}
+
+/// Generates a summary for each prompt with a loaded model.
+pub fn summarize(
+    m: &Loaded,
+    prompts: &[String],
+    o: &GenerateOptions,
+    progress: &dyn Progress,
+) -> Result<Generated, StageError> {
+    let t0 = Instant::now();
+    let device = m.model_device();
+    // Identical prompts are generated once.
+    let mut distinct: Vec<&str> = Vec::new();
+    let mut slot: HashMap<&str, usize> = HashMap::new();
+    let which: Vec<usize> = prompts
+        .iter()
+        .map(|p| {
+            *slot.entry(p.as_str()).or_insert_with(|| {
+                distinct.push(p);
+                distinct.len() - 1
+            })
+        })
+        .collect();
+    let mut truncated = 0;
+    let encoded: Vec<Vec<i32>> = distinct
+        .iter()
+        .map(|p| {
+            let (ids, cut) = encode(&m.tokenizer, p, o.max_source_tokens)?;
+            truncated += usize::from(cut);
+            Ok(ids)
+        })
+        .collect::<Result<_, StageError>>()?;
+    // Longest first, so each batch's padding is small and its size follows the budget.
+    let mut order: Vec<usize> = (0..distinct.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(encoded[i].len()));
+    progress.set_total(distinct.len() as u64);
+    let mut outputs: Vec<Vec<i64>> = vec![Vec::new(); distinct.len()];
+    let mut budget = o.batch_tokens.max(1);
+    let mut start = 0;
+    while start < order.len() {
+        let longest = encoded[order[start]].len();
+        let rows = if o.one_at_a_time { 1 } else { (budget / longest.max(1)).clamp(1, order.len() - start) };
+        let batch = &order[start..start + rows];
+        let mut ids = vec![0i64; rows * longest];
+        let mut mask = vec![0i64; rows * longest];
+        for (r, &i) in batch.iter().enumerate() {
+            for (c, &t) in encoded[i].iter().enumerate() {
+                ids[r * longest + c] = t as i64;
+                mask[r * longest + c] = 1;
+            }
+        }
+        let shape = [rows as i64, longest as i64];
+        let x = Tensor::from_slice(&ids).view(shape).to_device(device);
+        let mask = Tensor::from_slice(&mask).view(shape).to_device(device);
+        match catch_unwind(AssertUnwindSafe(|| generate(&m.model, &x, &mask, o.max_new_tokens, &o.decoding))) {
+            Ok(out) => {
+                for (&i, seq) in batch.iter().zip(out) {
+                    outputs[i] = seq;
+                }
+                progress.inc(rows as u64);
+                start += rows;
+            }
+            Err(panic) if device.is_cuda() && is_oom(panic.as_ref()) && rows > 1 => {
+                budget = (rows * longest / 2).max(1);
+                progress.message(&format!("CUDA out of memory: batch budget down to {budget} tokens"));
+            }
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+    let texts: Vec<(String, usize)> = outputs
+        .iter()
+        .map(|seq| {
+            let ids: Vec<u32> = seq.iter().map(|&t| t as u32).collect();
+            let text = m.tokenizer.decode(&ids, true).map_err(|e| StageError::Internal(format!("decoding: {e}")))?;
+            Ok((text, seq.len()))
+        })
+        .collect::<Result<_, StageError>>()?;
+    Ok(Generated {
+        new_tokens: texts.iter().map(|t| t.1).sum(),
+        summaries: which.iter().map(|&w| texts[w].clone()).collect(),
+        distinct: distinct.len(),
+        truncated,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+impl Loaded {
+    /// The device the model's weights are on.
+    pub fn model_device(&self) -> Device {
+        self.vs.device()
+    }
+}
+
+/// Opens the model a stage names, on the device and in the precision it asks for.
+pub fn open(dir: &std::path::Path, d: DeviceChoice, k: DtypeChoice, force_fp16: bool) -> Result<Loaded, StageError> {
+    let device = device::device(d)?;
+    let kind = device::kind(k, device, force_fp16)?;
+    loader::load(dir, device, kind)
+}
+
+/// The `generate` stage.
+pub struct Generate;
+
+impl Stage for Generate {
+    type Params = GenerateParams;
+    const KIND: &'static str = "generate";
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str = "summaries for every row: batched, length-sorted, duplicates generated once";
+
+    fn inputs(&self, p: &GenerateParams) -> Vec<InputSlot> {
+        let mut slots =
+            vec![InputSlot { field: "input".into(), reference: p.input.clone(), accepts: &[ArtifactKind::Table] }];
+        slots.extend(model_ref::inputs(&p.model_from));
+        slots
+    }
+    fn outputs(&self, _: &GenerateParams) -> Vec<OutputDecl> {
+        vec![OutputDecl { name: "predictions".into(), kind: ArtifactKind::Table }]
+    }
+    fn check(&self, p: &GenerateParams) -> Vec<ParamError> {
+        let mut errors = model_ref::check(&p.model, &p.model_from);
+        if !p.template.contains("{dialogue}") {
+            errors.push(ParamError::new("template", "must contain `{dialogue}`"));
+        }
+        if p.max_new_tokens < 1 {
+            errors.push(ParamError::new("max_new_tokens", "must be at least 1"));
+        }
+        if let Strategy::Beam { num_beams, .. } = p.decoding {
+            if num_beams < 1 {
+                errors.push(ParamError::new("decoding.num_beams", "must be at least 1"));
+            }
+        }
+        if p.dtype == DtypeChoice::Fp16 && !p.force_fp16 {
+            errors.push(ParamError::new("dtype", "fp16 overflows to NaN in T5; use bf16, or set force_fp16: true"));
+        }
+        errors
+    }
+    fn files(&self, p: &GenerateParams) -> Vec<FileInput> {
+        model_ref::files(&p.model)
+    }
+    fn resource(&self, p: &GenerateParams) -> Resource {
+        if p.device == DeviceChoice::Cpu {
+            Resource::Cpu
+        } else {
+            Resource::Gpu
+        }
+    }
+    fn run(&self, p: &GenerateParams, ctx: &StageContext) -> Result<(), StageError> {
+        let table = Table::read_artifact(ctx.input("input")?)?;
+        let source = format!("input {}", p.input);
+        let ids = row_ids(&table, &p.id_column, &source)?;
+        let prompts: Vec<String> =
+            table.column(&p.source_column, &source)?.iter().map(|d| render(&p.template, d)).collect();
+        ctx.progress.message("loading the model");
+        let m = open(&model_ref::resolve(&p.model, ctx)?, p.device, p.dtype, p.force_fp16)?;
+        ctx.progress.message("generating");
+        let g = summarize(&m, &prompts, &p.options(), ctx.progress)?;
+        ctx.record("rows", prompts.len() as f64);
+        ctx.record("dialogues", g.distinct as f64);
+        ctx.record("new_tokens", g.new_tokens as f64);
+        ctx.record("seconds", g.seconds);
+        ctx.record("dialogues_per_s", g.distinct as f64 / g.seconds.max(1e-9));
+        ctx.record("new_tokens_per_s", g.new_tokens as f64 / g.seconds.max(1e-9));
+        ctx.record("truncated_sources", g.truncated as f64);
+        let (texts, counts): (Vec<String>, Vec<String>) =
+            g.summaries.into_iter().map(|(t, n)| (t, n.to_string())).unzip();
+        let out = Table::new(vec!["id".into(), "prediction".into(), "tokens".into()], vec![ids, texts, counts])
+            .map_err(StageError::Internal)?;
+        out.write_artifact(&ctx.output_dir("predictions")?, &format!("generate from {}", p.input), 0)
+    }
+    fn summary(&self, _: &GenerateParams, outputs: &BTreeMap<String, PathBuf>) -> Option<String> {
+        let meta = Table::read_meta(outputs.get("predictions")?).ok()?;
+        Some(format!("{} predictions", meta.rows))
+    }
+}

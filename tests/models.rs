@@ -1,0 +1,155 @@
+//! The model commands and stages through the binary (built with the `torch` feature): a tiny
+//! random-init model made once per test run, `generate` over DialogSum's whole test split,
+//! `summarize`, `params`, and the refusals (pickled weights, fp16, the hub offline).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use crate::common::{shared, Sandbox};
+
+/// A tiny model (tokenizer of 2,000 pieces trained on DialogSum's train split), made once.
+fn tiny_model() -> &'static Path {
+    static MODEL: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &MODEL
+        .get_or_init(|| {
+            let s = tempfile::tempdir().unwrap();
+            let out = s.path().join("tiny");
+            let sandbox = Sandbox::new();
+            let data = shared("dialogsum");
+            sandbox.ok(&[
+                "make-model",
+                "--arch",
+                "tiny",
+                "--tokenizer-data",
+                data.to_str().unwrap(),
+                "--vocab-size",
+                "2000",
+                "--seed",
+                "3",
+                "--out",
+                out.to_str().unwrap(),
+            ]);
+            (s, out)
+        })
+        .1
+}
+
+#[test]
+fn make_model_writes_a_hugging_face_layout() {
+    let dir = tiny_model();
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "tokenizer_config.json"] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["vocab_size"], 32128, "the model keeps T5's vocabulary size");
+    assert_eq!(config["tie_word_embeddings"], false);
+    assert_eq!(config["feed_forward_proj"], "gated-gelu");
+}
+
+#[test]
+fn params_counts_like_the_lab() {
+    let s = Sandbox::new();
+    let out = s.ok(&["params", "--model", "flan-t5-base"]);
+    assert!(out.stdout.contains("trainable model parameters: 247577856\nall model parameters: 247577856\npercentage of trainable model parameters: 100.00%"), "{}", out.stdout);
+    let json: serde_json::Value =
+        serde_json::from_str(&s.ok(&["params", "--model", tiny_model().to_str().unwrap(), "--format", "json"]).stdout)
+            .unwrap();
+    assert_eq!(json["trainable"], json["total"]);
+}
+
+#[test]
+fn generate_covers_the_test_split_once_per_dialogue_and_reruns_from_cache() {
+    let s = Sandbox::new();
+    s.write(
+        "p.yaml",
+        format!(
+            "name: gen\nstages:\n  data: {{kind: load, path: {}}}\n  tokens: {{kind: tokenize, input: data.test, model: {m}}}\n  original: {{kind: generate, input: data.test, model: {m}, device: cpu, max_new_tokens: 20}}\n",
+            shared("dialogsum").display(),
+            m = tiny_model().display()
+        ),
+    );
+    let first = s.ok(&["run", "p.yaml"]);
+    assert!(first.stdout.contains("original: 1500 predictions"), "{}", first.stdout);
+    assert!(first.stdout.contains("tokens: 1500 rows"), "{}", first.stdout);
+    let audit = s.ok(&["audit", "latest"]);
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(audit.stdout.split(':').next().unwrap()).unwrap()).unwrap();
+    let stats = &manifest["stages"][2]["stats"];
+    assert_eq!(stats["rows"], 1500.0);
+    assert_eq!(stats["dialogues"], 500.0, "DialogSum's 1,500 test rows hold 500 dialogues");
+    assert!(stats["dialogues_per_s"].as_f64().unwrap() > 0.0);
+    let second = s.ok(&["run", "p.yaml"]);
+    assert!(second.stderr.contains("3 cached, 0 to run"), "{}", second.stderr);
+}
+
+#[test]
+fn summarize_a_text_and_a_file_alike() {
+    let s = Sandbox::new();
+    let m = tiny_model().to_str().unwrap();
+    let dialogue = "#Person1#: Hi, how are you? #Person2#: Fine, thanks.";
+    let text = s.ok(&["summarize", "--model", m, "--max-new-tokens", "8", "--device", "cpu", dialogue]).stdout;
+    s.write("d.csv", format!("id,dialogue\na,\"{dialogue}\"\nb,#Person2#: Bye.\n"));
+    s.ok(&[
+        "summarize",
+        "--model",
+        m,
+        "--input",
+        "d.csv",
+        "--output",
+        "out.csv",
+        "--max-new-tokens",
+        "8",
+        "--device",
+        "cpu",
+    ]);
+    let mut rows = csv::Reader::from_path(s.path().join("out.csv")).unwrap();
+    assert_eq!(rows.headers().unwrap().iter().collect::<Vec<_>>(), ["id", "dialogue", "summary"]);
+    let rows: Vec<csv::StringRecord> = rows.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(format!("{}\n", &rows[0][2]), text, "the same summary either way");
+    // Beam search runs too.
+    s.ok(&["summarize", "--model", m, "--max-new-tokens", "5", "--num-beams", "3", "--device", "cpu", dialogue]);
+}
+
+#[test]
+fn pickled_weights_are_refused() {
+    let s = Sandbox::new();
+    let dir = s.path().join("pickled");
+    std::fs::create_dir(&dir).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(tiny_model().join(f), dir.join(f)).unwrap();
+    }
+    std::fs::copy(tiny_model().join("model.safetensors"), dir.join("pytorch_model.bin")).unwrap();
+    let out = s.run(&["summarize", "--model", dir.to_str().unwrap(), "hello"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("has only pickled weights (pytorch_model.bin)"), "{}", out.stderr);
+}
+
+#[test]
+fn fp16_is_refused_before_anything_runs() {
+    let s = Sandbox::new();
+    s.write("p.yaml", format!("name: t\nstages:\n  d: {{kind: load, path: {}}}\n  g: {{kind: generate, input: d.test, model: x, dtype: fp16}}\n", shared("dialogsum").display()));
+    let out = s.run(&["validate", "p.yaml"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("stages.g.dtype: fp16 overflows to NaN in T5"), "{}", out.stderr);
+}
+
+#[test]
+fn the_hub_offline_fails_fast_naming_the_offline_form() {
+    let s = Sandbox::new();
+    let t0 = std::time::Instant::now();
+    // An endpoint nothing listens on: offline even where the hub would be reachable.
+    let out = s
+        .cmd(&["summarize", "--model", "hf://google/flan-t5-base", "hello"])
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("cannot fetch it from the Hugging Face hub") && stderr.contains("--set model=DIR"),
+        "{stderr}"
+    );
+    assert!(t0.elapsed().as_secs() < 30);
+}

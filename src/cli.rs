@@ -124,6 +124,17 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Merge a LoRA adapter into its base model: a standalone model folder.
+    Merge {
+        /// The adapter folder (PEFT layout).
+        adapter: PathBuf,
+        /// The base model: a folder or hf://OWNER/NAME.
+        #[arg(long)]
+        base: String,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Count a model's parameters, like the lab's print_number_of_trainable_model_parameters.
     Params {
         /// A model folder, hf://OWNER/NAME, or an architecture name (tiny, flan-t5-base, ...).
@@ -138,6 +149,9 @@ enum Command {
         /// A model folder or hf://OWNER/NAME.
         #[arg(long)]
         model: String,
+        /// A LoRA adapter folder (PEFT layout) to apply.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
         /// The dialogue; `-` reads standard input.
         text: Option<String>,
         /// A CSV/JSONL/Parquet file of dialogues.
@@ -292,6 +306,11 @@ pub fn main(cli: Cli) -> Result<ExitCode, Error> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Merge { adapter, base, out } => {
+            models::merge(&adapter, &base, &out)?;
+            println!("{}: {base} with {} merged in", out.display(), adapter.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Params { model, format } => {
             let count = models::params(&model)?;
             match format {
@@ -300,10 +319,19 @@ pub fn main(cli: Cli) -> Result<ExitCode, Error> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Summarize { model, text, input, output, column, max_new_tokens, num_beams, device } => {
+        Command::Summarize { model, adapter, text, input, output, column, max_new_tokens, num_beams, device } => {
+            let adapter = adapter.as_deref();
             if let (Some(input), Some(output)) = (input, output) {
-                let rows =
-                    models::summarize_file(&model, &input, &output, &column, max_new_tokens, num_beams, &device)?;
+                let rows = models::summarize_file(
+                    &model,
+                    adapter,
+                    &input,
+                    &output,
+                    &column,
+                    max_new_tokens,
+                    num_beams,
+                    &device,
+                )?;
                 eprintln!("{}: {rows} rows summarized", output.display());
                 return Ok(ExitCode::SUCCESS);
             }
@@ -311,7 +339,7 @@ pub fn main(cli: Cli) -> Result<ExitCode, Error> {
                 None | Some("-") => std::io::read_to_string(std::io::stdin()).map_err(|e| Error::io("<stdin>", e))?,
                 Some(t) => t.to_string(),
             };
-            let summary = models::summarize(&model, &[text], max_new_tokens, num_beams, &device)?;
+            let summary = models::summarize(&model, adapter, &[text], max_new_tokens, num_beams, &device)?;
             println!("{}", summary[0]);
             Ok(ExitCode::SUCCESS)
         }

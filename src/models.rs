@@ -62,6 +62,11 @@ mod imp {
         Ok(make(&p, out)?)
     }
 
+    /// Writes `base` with the adapter merged into its weights to `out`.
+    pub fn merge(adapter: &Path, base: &str, out: &Path) -> Result<(), Error> {
+        Ok(sumflow_stages::lora::merge(adapter, &local(base)?, out)?)
+    }
+
     /// Counts the parameters of an architecture preset or of a model folder's config.
     pub fn params(model: &str) -> Result<ParamCount, Error> {
         let config = match T5Config::preset(model) {
@@ -75,6 +80,7 @@ mod imp {
     /// Summaries of `dialogues` with the lab's prompt.
     pub fn summarize(
         model: &str,
+        adapter: Option<&Path>,
         dialogues: &[String],
         max_new_tokens: i64,
         num_beams: i64,
@@ -86,7 +92,7 @@ mod imp {
             "auto" => DeviceChoice::Auto,
             other => return Err(Error::Usage(format!("--device {other}: use cpu, cuda or auto"))),
         };
-        let m = open(&local(model)?, device, DtypeChoice::Auto, false)?;
+        let m = open(&local(model)?, adapter, device, DtypeChoice::Auto, false)?;
         let decoding = if num_beams > 1 { Strategy::Beam { num_beams, length_penalty: 1.0 } } else { Strategy::Greedy };
         let o = GenerateOptions {
             max_source_tokens: 512,
@@ -100,8 +106,10 @@ mod imp {
     }
 
     /// Writes the rows of `input` plus a `summary` column to the CSV `output`.
+    #[allow(clippy::too_many_arguments)]
     pub fn summarize_file(
         model: &str,
+        adapter: Option<&Path>,
         input: &Path,
         output: &Path,
         column: &str,
@@ -111,7 +119,7 @@ mod imp {
     ) -> Result<usize, Error> {
         let table = sumflow_stages::load::read_table(input, None)?;
         let name = input.display().to_string();
-        let summaries = summarize(model, table.column(column, &name)?, max_new, beams, device)?;
+        let summaries = summarize(model, adapter, table.column(column, &name)?, max_new, beams, device)?;
         let csv_err = |e: csv::Error| Error::Usage(format!("{}: {e}", output.display()));
         let mut w = csv::Writer::from_path(output).map_err(csv_err)?;
         w.write_record(table.names().iter().map(String::as_str).chain(["summary"])).map_err(csv_err)?;
@@ -142,13 +150,27 @@ mod imp {
         Err(unavailable())
     }
     /// Needs libtorch.
-    pub fn summarize(_: &str, _: &[String], _: i64, _: i64, _: &str) -> Result<Vec<String>, Error> {
+    pub fn summarize(_: &str, _: Option<&Path>, _: &[String], _: i64, _: i64, _: &str) -> Result<Vec<String>, Error> {
         Err(unavailable())
     }
     /// Needs libtorch.
-    pub fn summarize_file(_: &str, _: &Path, _: &Path, _: &str, _: i64, _: i64, _: &str) -> Result<usize, Error> {
+    pub fn merge(_: &Path, _: &str, _: &Path) -> Result<(), Error> {
+        Err(unavailable())
+    }
+    /// Needs libtorch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn summarize_file(
+        _: &str,
+        _: Option<&Path>,
+        _: &Path,
+        _: &Path,
+        _: &str,
+        _: i64,
+        _: i64,
+        _: &str,
+    ) -> Result<usize, Error> {
         Err(unavailable())
     }
 }
 
-pub use imp::{make_model, params, summarize, summarize_file};
+pub use imp::{make_model, merge, params, summarize, summarize_file};

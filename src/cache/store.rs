@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -67,32 +66,8 @@ pub struct Cache {
     root: PathBuf,
 }
 
-/// Writes `bytes` to `path` atomically: a temp file in the same folder, fsync, rename, fsync
-/// the folder. Readers see the old file or the new one, never a torn one.
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.{}.{}.tmp", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    File::open(dir)?.sync_all()?;
-    Ok(())
-}
+pub use sumflow_stages::atomic::atomic_write;
+use sumflow_stages::atomic::sync_dir;
 
 /// Files under `dir`, as sorted `/`-separated relative paths.
 fn files_under(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
@@ -133,13 +108,6 @@ pub fn tree_digest(dir: &Path) -> std::io::Result<TreeDigest> {
         files.insert(rel, hash.to_hex().to_string());
     }
     Ok(TreeDigest { digest: tree.finalize().to_hex().to_string(), bytes, files })
-}
-
-fn fsync_tree(dir: &Path) -> std::io::Result<()> {
-    for (_, path) in files_under(dir)? {
-        File::open(&path)?.sync_all()?;
-    }
-    sync_dir(dir)
 }
 
 /// A file name made safe from any string (no separators, no `..`).
@@ -269,7 +237,7 @@ impl Cache {
                 });
             }
             let io = |e| Error::io(&dir, e);
-            fsync_tree(&dir).map_err(io)?;
+            sumflow_stages::atomic::sync_tree(&dir).map_err(io)?;
             let TreeDigest { digest, bytes, files } = tree_digest(&dir).map_err(io)?;
             let target = self.artifact(&digest);
             // An artifact already there is kept only if it is intact: a valid artifact is never

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -50,6 +50,12 @@ pub struct GenerateParams {
     /// Or the `model` output of a stage.
     #[serde(default)]
     pub model_from: Option<InputRef>,
+    /// A LoRA adapter folder (PEFT layout) to apply to the model.
+    #[serde(default)]
+    pub adapter: Option<String>,
+    /// Or the `adapter` output of a `train-lora` stage.
+    #[serde(default)]
+    pub adapter_from: Option<InputRef>,
     /// The prompt; `{dialogue}` is replaced by the dialogue.
     #[serde(default = "lab_template")]
     pub template: String,
@@ -231,11 +237,21 @@ impl Loaded {
     }
 }
 
-/// Opens the model a stage names, on the device and in the precision it asks for.
-pub fn open(dir: &std::path::Path, d: DeviceChoice, k: DtypeChoice, force_fp16: bool) -> Result<Loaded, StageError> {
+/// Opens a model (and adapter), on the device and in the precision asked for.
+pub fn open(
+    dir: &Path,
+    adapter: Option<&Path>,
+    d: DeviceChoice,
+    k: DtypeChoice,
+    force_fp16: bool,
+) -> Result<Loaded, StageError> {
     let device = device::device(d)?;
     let kind = device::kind(k, device, force_fp16)?;
-    loader::load(dir, device, kind)
+    let m = loader::load(dir, device, kind)?;
+    match adapter {
+        Some(a) => m.with_adapter(a),
+        None => Ok(m),
+    }
 }
 
 /// The `generate` stage.
@@ -269,13 +285,24 @@ impl Stage for Generate {
                 errors.push(ParamError::new("decoding.num_beams", "must be at least 1"));
             }
         }
+        if p.adapter.is_some() && p.adapter_from.is_some() {
+            errors.push(ParamError::new("adapter", "give `adapter` or `adapter_from`, not both"));
+        }
         if p.dtype == DtypeChoice::Fp16 && !p.force_fp16 {
             errors.push(ParamError::new("dtype", "fp16 overflows to NaN in T5; use bf16, or set force_fp16: true"));
         }
         errors
     }
     fn files(&self, p: &GenerateParams) -> Vec<FileInput> {
-        model_ref::files(&p.model)
+        let mut files = model_ref::files(&p.model);
+        if let Some(a) = &p.adapter {
+            files.extend(
+                ["adapter_model.safetensors", "adapter_config.json"]
+                    .iter()
+                    .map(|f| FileInput { field: format!("adapter/{f}"), path: PathBuf::from(a).join(f) }),
+            );
+        }
+        files
     }
     fn resource(&self, p: &GenerateParams) -> Resource {
         if p.device == DeviceChoice::Cpu {
@@ -291,7 +318,12 @@ impl Stage for Generate {
         let prompts: Vec<String> =
             table.column(&p.source_column, &source)?.iter().map(|d| render(&p.template, d)).collect();
         ctx.progress.message("loading the model");
-        let m = open(&model_ref::resolve(&p.model, ctx)?, p.device, p.dtype, p.force_fp16)?;
+        let adapter = match (&p.adapter, &p.adapter_from) {
+            (Some(a), _) => Some(PathBuf::from(a)),
+            (None, Some(_)) => Some(ctx.input("adapter_from")?.to_path_buf()),
+            (None, None) => None,
+        };
+        let m = open(&model_ref::resolve(&p.model, ctx)?, adapter.as_deref(), p.device, p.dtype, p.force_fp16)?;
         ctx.progress.message("generating");
         let g = summarize(&m, &prompts, &p.options(), ctx.progress)?;
         ctx.record("rows", prompts.len() as f64);

@@ -3,14 +3,19 @@
 //! `load`, `subsample` and `score` (with ROUGE in [`rouge`]) need no libtorch; the model stages
 //! build with the `torch` feature.
 
+pub mod atomic;
 pub mod error;
 #[cfg(feature = "torch")]
 pub mod generate;
 pub mod hub;
 pub mod load;
 #[cfg(feature = "torch")]
+pub mod lora;
+#[cfg(feature = "torch")]
 pub mod make_model;
 pub mod model_ref;
+#[cfg(feature = "torch")]
+pub mod optim;
 pub mod registry;
 pub mod rouge;
 pub mod score;
@@ -21,6 +26,8 @@ pub mod t5;
 pub mod table;
 pub mod tokenize;
 pub mod tokenizer;
+#[cfg(feature = "torch")]
+pub mod train;
 
 pub use error::StageError;
 pub use registry::{DynStage, Params, Registry};

@@ -60,11 +60,12 @@ impl<S: Stage> DynStage for Wrapped<S> {
         S::ABOUT
     }
     fn parse(&self, raw: serde_yaml::Value) -> Result<Params, ParamError> {
-        let typed: S::Params = serde_path_to_error::deserialize(raw).map_err(|e| {
+        let mut typed: S::Params = serde_path_to_error::deserialize(raw).map_err(|e| {
             let path = e.path().to_string();
             let field = if path == "." { String::new() } else { path };
             ParamError::new(field, e.into_inner().to_string())
         })?;
+        self.0.defaults(&mut typed);
         let canonical =
             serde_json::to_value(&typed).map_err(|e| ParamError::new("", format!("params do not serialize: {e}")))?;
         Ok(Params { typed: Box::new(typed), canonical })
@@ -115,6 +116,10 @@ impl Registry {
         r.add(crate::make_model::MakeModel);
         #[cfg(feature = "torch")]
         r.add(crate::generate::Generate);
+        #[cfg(feature = "torch")]
+        r.add(crate::train::TrainFull);
+        #[cfg(feature = "torch")]
+        r.add(crate::train::TrainLora);
         r
     }
 

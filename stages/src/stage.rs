@@ -22,6 +22,8 @@ pub enum ArtifactKind {
     Model,
     /// Token ids: `tokens.parquet` (`id`, `input_ids`, `labels`) plus `meta.json`.
     Tokens,
+    /// A LoRA adapter in PEFT's layout (`adapter_model.safetensors`, `adapter_config.json`).
+    Adapter,
 }
 
 impl fmt::Display for ArtifactKind {
@@ -31,6 +33,7 @@ impl fmt::Display for ArtifactKind {
             ArtifactKind::Metrics => "metrics",
             ArtifactKind::Model => "model",
             ArtifactKind::Tokens => "tokens",
+            ArtifactKind::Adapter => "adapter",
         })
     }
 }
@@ -222,6 +225,9 @@ pub trait Stage: Send + Sync + 'static {
     /// One line for `sumflow stages`.
     const ABOUT: &'static str;
 
+    /// Fills defaults that depend on the stage (e.g. each method's learning rate) before the
+    /// params are hashed, so a spelled-out default and an omitted one give the same key.
+    fn defaults(&self, _params: &mut Self::Params) {}
     /// The inputs the params refer to.
     fn inputs(&self, params: &Self::Params) -> Vec<InputSlot>;
     /// The outputs the stage will produce with these params.

@@ -6,6 +6,7 @@
 use tch::{nn, Kind, Tensor};
 
 use super::config::T5Config;
+use crate::lora::Lora;
 
 /// Keys and values of one decoder layer: self-attention grows a step at a time, cross-attention
 /// is computed once from the encoder output.
@@ -69,6 +70,8 @@ pub struct Attention {
     k: nn::Linear,
     v: nn::Linear,
     o: nn::Linear,
+    /// Low-rank adapters on q, k, v, o (in that order), when LoRA is applied.
+    lora: [Option<Lora>; 4],
     relative_bias: Option<nn::Embedding>,
     n_heads: i64,
     d_kv: i64,
@@ -101,6 +104,7 @@ impl Attention {
             k: linear(&path / "k", c.d_model, inner, d.powf(-0.5)),
             v: linear(&path / "v", c.d_model, inner, d.powf(-0.5)),
             o: linear(&path / "o", inner, c.d_model, (inner as f64).powf(-0.5)),
+            lora: Default::default(),
             relative_bias,
             n_heads: c.num_heads,
             d_kv: c.d_kv,
@@ -111,9 +115,40 @@ impl Attention {
         }
     }
 
-    /// The linear layers by name (`q`, `k`, `v`, `o`), for LoRA.
-    pub fn linears_mut(&mut self) -> [(&'static str, &mut nn::Linear); 4] {
-        [("q", &mut self.q), ("k", &mut self.k), ("v", &mut self.v), ("o", &mut self.o)]
+    /// Sets the attention-probability dropout.
+    pub fn set_dropout(&mut self, p: f64) {
+        self.dropout = p;
+    }
+
+    /// The projection names LoRA can target.
+    pub const PROJECTIONS: [&'static str; 4] = ["q", "k", "v", "o"];
+
+    /// Adds an adapter to projection `name` (`q`, `k`, `v` or `o`); returns its base layer's
+    /// (in, out) features.
+    pub fn add_lora(&mut self, name: &str, make: impl FnOnce(i64, i64) -> Lora) -> Option<(i64, i64)> {
+        let i = Self::PROJECTIONS.iter().position(|p| *p == name)?;
+        let (out_f, in_f) = self.base(i).ws.size2().expect("2-d weight");
+        self.lora[i] = Some(make(in_f, out_f));
+        Some((in_f, out_f))
+    }
+
+    fn base(&self, i: usize) -> &nn::Linear {
+        [&self.q, &self.k, &self.v, &self.o][i]
+    }
+
+    /// The base weight of projection `i` and its adapter, for merging.
+    pub fn projection(&self, i: usize) -> (&Tensor, Option<&Lora>) {
+        (&self.base(i).ws, self.lora[i].as_ref())
+    }
+
+    /// Projection `i` of `x`: the base layer plus its adapter.
+    fn project(&self, i: usize, x: &Tensor, train: bool) -> Tensor {
+        use tch::nn::Module;
+        let y = self.base(i).forward(x);
+        match &self.lora[i] {
+            Some(l) => y + l.forward(x, train),
+            None => y,
+        }
     }
 
     /// Whether this layer owns the relative-position bias.
@@ -166,10 +201,10 @@ impl Attention {
         cache: CacheSlot,
         train: bool,
     ) -> Tensor {
-        use tch::nn::Module;
         let (b, t, _) = x.size3().expect("(batch, time, features)");
-        let q = self.heads(&self.q.forward(x));
-        let project = |src: &Tensor| (self.heads(&self.k.forward(src)), self.heads(&self.v.forward(src)));
+        let q = self.heads(&self.project(0, x, train));
+        let project =
+            |src: &Tensor| (self.heads(&self.project(1, src, train)), self.heads(&self.project(2, src, train)));
         let (k, v) = match cache {
             CacheSlot::None => project(kv_source.unwrap_or(x)),
             CacheSlot::SelfAttn(layer) => {
@@ -193,6 +228,6 @@ impl Attention {
         let mask = bias.to_kind(q.kind());
         let p = if train { self.dropout } else { 0.0 };
         let out = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&mask), p, false, Some(1.0), false);
-        self.o.forward(&out.transpose(1, 2).reshape([b, t, self.n_heads * self.d_kv]))
+        self.project(3, &out.transpose(1, 2).reshape([b, t, self.n_heads * self.d_kv]), train)
     }
 }

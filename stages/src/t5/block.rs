@@ -85,9 +85,19 @@ impl Block {
         Block { self_norm, self_attn, cross, ff_norm, ff, dropout: c.dropout_rate }
     }
 
-    /// The cross-attention module (decoder blocks), for LoRA.
-    pub fn cross_attn_mut(&mut self) -> Option<&mut Attention> {
-        self.cross.as_mut().map(|(_, a)| a)
+    /// Sets every dropout rate of the block.
+    pub fn set_dropout(&mut self, p: f64) {
+        self.dropout = p;
+        self.ff.dropout = p;
+        self.self_attn.set_dropout(p);
+        if let Some((_, a)) = &mut self.cross {
+            a.set_dropout(p);
+        }
+    }
+
+    /// Self-attention and (decoder blocks) cross-attention, for LoRA.
+    pub fn attentions_mut(&mut self) -> (&mut Attention, Option<&mut Attention>) {
+        (&mut self.self_attn, self.cross.as_mut().map(|(_, a)| a))
     }
 
     /// Runs the block; `cache` is this layer's KV cache when decoding step by step.

@@ -19,6 +19,8 @@ pub struct Loaded {
     pub tokenizer: Tokenizer,
     /// The folder it came from.
     pub dir: PathBuf,
+    /// A LoRA adapter's variables, when one is applied.
+    pub adapters: Option<nn::VarStore>,
 }
 
 const FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
@@ -47,5 +49,30 @@ pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Loaded, StageError
         vs.set_kind(kind);
     }
     let tokenizer = crate::tokenizer::load(&dir.join("tokenizer.json"))?;
-    Ok(Loaded { vs, model, tokenizer, dir: dir.to_path_buf() })
+    Ok(Loaded { vs, model, tokenizer, dir: dir.to_path_buf(), adapters: None })
+}
+
+impl Loaded {
+    /// Applies the PEFT adapter in `dir` (same device and precision as the model).
+    pub fn with_adapter(mut self, dir: &Path) -> Result<Self, StageError> {
+        let mut vs = crate::lora::load_adapter(&mut self.model, dir, self.vs.device())?;
+        if let Some(kind) = self.vs.variables().values().next().map(tch::Tensor::kind) {
+            if kind != Kind::Float {
+                vs.set_kind(kind);
+            }
+        }
+        self.adapters = Some(vs);
+        Ok(self)
+    }
+}
+
+/// Copies a model folder's configs and tokenizer (not its weights) into `out`.
+pub fn copy_model_files(base: &Path, out: &Path) -> Result<(), StageError> {
+    for f in ["config.json", "tokenizer.json", "generation_config.json", "tokenizer_config.json"] {
+        let src = base.join(f);
+        if src.is_file() {
+            std::fs::copy(&src, out.join(f)).map_err(|e| StageError::io(&src, e))?;
+        }
+    }
+    Ok(())
 }

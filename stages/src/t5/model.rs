@@ -77,6 +77,15 @@ impl T5 {
         T5 { config, shared, encoder, decoder, lm_head }
     }
 
+    /// Sets every dropout rate (the config's `dropout_rate` otherwise).
+    pub fn set_dropout(&mut self, p: f64) {
+        self.config.dropout_rate = p;
+        for stack in [&mut self.encoder, &mut self.decoder] {
+            stack.dropout = p;
+            stack.blocks.iter_mut().for_each(|b| b.set_dropout(p));
+        }
+    }
+
     fn device_kind(&self) -> (Device, Kind) {
         (self.shared.ws.device(), self.shared.ws.kind())
     }

@@ -1,0 +1,563 @@
+//! One training loop for full fine-tuning and LoRA: the method only changes how the model is
+//! built (which variables the optimizer sees). Reads like nanoGPT's `train.py`: build, batch,
+//! resume, then step — loss, backward, clip, AdamW, schedule — with validation and atomic
+//! checkpoints on a cadence. What the lab gets wrong is done right here: label padding is
+//! ignored (-100), batches are length-bucketed under a token budget, weights stay fp32 (bf16
+//! autocast on CUDA), and weight decay is decoupled.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rand::seq::SliceRandom;
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::atomic::{atomic_write, sync_tree};
+use crate::error::StageError;
+use crate::lora::{self, LoraSettings};
+use crate::model_ref;
+use crate::optim::{linear_schedule, AdamW};
+use crate::stage::{
+    ArtifactKind, FileInput, InputRef, InputSlot, OutputDecl, ParamError, Resource, Stage, StageContext,
+};
+use crate::t5::device::{self, DeviceChoice};
+use crate::t5::{loader, weights, T5};
+use crate::tokenize::TokenTable;
+
+/// Params of `train-full` and `train-lora`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainParams {
+    /// Training tokens (a `tokenize` output).
+    pub train: InputRef,
+    /// Validation tokens, for the validation loss.
+    #[serde(default)]
+    pub validation: Option<InputRef>,
+    /// The base model: a folder or `hf://OWNER/NAME`.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Or the `model` output of a stage.
+    #[serde(default)]
+    pub model_from: Option<InputRef>,
+    /// LoRA settings (`train-lora` only; defaults r 32, alpha 32, dropout 0.05, targets q, v).
+    #[serde(default)]
+    pub lora: Option<LoraSettings>,
+    /// Peak learning rate (defaults: full 1e-5, LoRA 1e-3 — the lab's).
+    #[serde(default)]
+    pub lr: Option<f64>,
+    /// Decoupled weight decay (defaults: full 0.01, LoRA 0).
+    #[serde(default)]
+    pub weight_decay: Option<f64>,
+    /// Passes over the training data.
+    #[serde(default = "one")]
+    pub epochs: u64,
+    /// Train exactly this many steps, overriding `epochs` (default: the epochs' worth).
+    #[serde(default)]
+    pub max_steps: Option<u64>,
+    /// Linear warm-up steps, then linear decay to 0.
+    #[serde(default)]
+    pub warmup_steps: u64,
+    /// Clip the global gradient norm to this (0: off).
+    #[serde(default = "one_f")]
+    pub grad_clip: f64,
+    /// Tokens per batch: rows × (longest source + longest target).
+    #[serde(default = "d16k")]
+    pub batch_tokens: usize,
+    /// Most rows per batch.
+    #[serde(default = "d64")]
+    pub max_batch_rows: usize,
+    /// Seed of batch order, dropout and LoRA initialization.
+    #[serde(default)]
+    pub seed: u64,
+    /// Validation every this many steps (0: at the end only).
+    #[serde(default)]
+    pub eval_every: u64,
+    /// A checkpoint every this many steps (0: none).
+    #[serde(default = "d200")]
+    pub checkpoint_every: u64,
+    /// Override the model's dropout rate (e.g. 0 for reproducible comparisons).
+    #[serde(default)]
+    pub dropout: Option<f64>,
+    /// Stop after this many consecutive non-finite losses.
+    #[serde(default = "d5")]
+    pub nonfinite_patience: u32,
+    /// `auto`, `cpu` or `cuda`.
+    #[serde(default)]
+    pub device: DeviceChoice,
+}
+
+fn one() -> u64 {
+    1
+}
+fn one_f() -> f64 {
+    1.0
+}
+fn d16k() -> usize {
+    16384
+}
+fn d64() -> usize {
+    64
+}
+fn d200() -> u64 {
+    200
+}
+fn d5() -> u32 {
+    5
+}
+
+/// Full fine-tuning or LoRA: the only thing that differs between the two stages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// Every weight trains.
+    Full,
+    /// Only adapters train; the base is frozen.
+    Lora,
+}
+
+impl Method {
+    fn defaults(self, p: &mut TrainParams) {
+        let (lr, wd) = match self {
+            Method::Full => (1e-5, 0.01),
+            Method::Lora => (1e-3, 0.0),
+        };
+        p.lr.get_or_insert(lr);
+        p.weight_decay.get_or_insert(wd);
+        if self == Method::Lora {
+            p.lora.get_or_insert_with(LoraSettings::default);
+        }
+    }
+}
+
+/// A model ready to train: the optimizer sees `trainable` only.
+pub struct Built {
+    /// The network (with adapters for LoRA).
+    pub model: T5,
+    /// The base model's variables.
+    pub base: nn::VarStore,
+    /// The adapters' variables (LoRA).
+    pub adapters: Option<nn::VarStore>,
+    /// The base model's folder.
+    pub dir: PathBuf,
+}
+
+impl Built {
+    /// The store the optimizer updates and the artifact saves.
+    pub fn trainable(&self) -> &nn::VarStore {
+        self.adapters.as_ref().unwrap_or(&self.base)
+    }
+
+    /// (trainable, total) parameters — the lab's printout.
+    pub fn parameter_report(&self) -> (i64, i64) {
+        let count = |vs: &nn::VarStore| vs.variables().values().map(|t| t.numel() as i64).sum::<i64>();
+        let base = count(&self.base);
+        match &self.adapters {
+            Some(a) => (count(a), base + count(a)),
+            None => (base, base),
+        }
+    }
+}
+
+/// Builds the model for `method`: fp32 weights; LoRA freezes the base and adds adapters.
+pub fn build(method: Method, dir: &Path, p: &TrainParams, device: Device) -> Result<Built, StageError> {
+    let mut loaded = loader::load(dir, device, Kind::Float)?;
+    if let Some(d) = p.dropout {
+        loaded.model.set_dropout(d);
+    }
+    let adapters = match method {
+        Method::Full => None,
+        Method::Lora => {
+            loaded.vs.freeze();
+            let vs = nn::VarStore::new(device);
+            tch::manual_seed(p.seed as i64);
+            let settings = p.lora.clone().unwrap_or_default();
+            lora::apply(&mut loaded.model, &vs.root(), &settings);
+            Some(vs)
+        }
+    };
+    Ok(Built { model: loaded.model, base: loaded.vs, adapters, dir: dir.to_path_buf() })
+}
+
+/// Length-bucketed batches for `epoch`: rows shuffled with the seed, sorted by length so each
+/// batch pads little, cut under the token budget, then the batches themselves shuffled.
+pub fn batches(tokens: &TokenTable, budget: usize, max_rows: usize, seed: u64, epoch: u64) -> Vec<Vec<usize>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(epoch));
+    let mut rows: Vec<usize> = (0..tokens.ids.len()).collect();
+    rows.shuffle(&mut rng);
+    let cost = |r: usize| tokens.input_ids[r].len() + tokens.labels[r].len();
+    rows.sort_by_key(|&r| std::cmp::Reverse(cost(r)));
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    let mut widest = 0;
+    for r in rows {
+        let w = widest.max(cost(r));
+        if !current.is_empty() && ((current.len() + 1) * w > budget || current.len() >= max_rows) {
+            out.push(std::mem::take(&mut current));
+            widest = 0;
+        }
+        widest = widest.max(cost(r));
+        current.push(r);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out.shuffle(&mut rng);
+    out
+}
+
+/// Pads a batch: sources with 0 (and a 1/0 mask), labels with -100 (ignored by the loss).
+pub fn collate(tokens: &TokenTable, rows: &[usize], device: Device) -> (Tensor, Tensor, Tensor) {
+    let pad = |seqs: Vec<&Vec<i32>>, fill: i64| {
+        let w = seqs.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
+        let flat: Vec<i64> = seqs
+            .iter()
+            .flat_map(|s| s.iter().map(|&t| t as i64).chain(std::iter::repeat_n(fill, w - s.len())))
+            .collect();
+        Tensor::from_slice(&flat).view([seqs.len() as i64, w as i64]).to_device(device)
+    };
+    let x = pad(rows.iter().map(|&r| &tokens.input_ids[r]).collect(), 0);
+    let mask = x.ne(0).to_kind(Kind::Int64);
+    let y = pad(rows.iter().map(|&r| &tokens.labels[r]).collect(), -100);
+    (x, mask, y)
+}
+
+/// Where a run is: enough to continue exactly.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Progress {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Current epoch.
+    pub epoch: u64,
+    /// Next batch within the epoch.
+    pub batch: usize,
+    /// Per step: (step, loss, lr, tokens/s).
+    pub losses: Vec<(u64, f64, f64, f64)>,
+    /// (step, validation loss).
+    pub validation: Vec<(u64, f64)>,
+}
+
+/// Checkpoints in a work folder: `ckpt-<step>/` (trainable weights, optimizer moments,
+/// progress), `latest` naming the newest complete one; older ones go only after it is written.
+struct Checkpoints {
+    dir: PathBuf,
+}
+
+impl Checkpoints {
+    fn io(&self, e: std::io::Error) -> StageError {
+        StageError::io(&self.dir, e)
+    }
+
+    fn save(&self, trainable: &nn::VarStore, opt: &AdamW, progress: &Progress) -> Result<(), StageError> {
+        let name = format!("ckpt-{}", progress.step);
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| self.io(e))?;
+        weights::save(&weights::variables(trainable), &tmp.join("trainable.safetensors"))?;
+        weights::save(&opt.state(), &tmp.join("optimizer.safetensors"))?;
+        std::fs::write(tmp.join("progress.json"), serde_json::to_vec(progress).expect("progress serializes"))
+            .map_err(|e| self.io(e))?;
+        sync_tree(&tmp).map_err(|e| self.io(e))?;
+        let done = self.dir.join(&name);
+        let _ = std::fs::remove_dir_all(&done);
+        std::fs::rename(&tmp, &done).map_err(|e| self.io(e))?;
+        atomic_write(&self.dir.join("latest"), name.as_bytes()).map_err(|e| self.io(e))?;
+        // Only now may older checkpoints go.
+        for entry in std::fs::read_dir(&self.dir).map_err(|e| self.io(e))?.flatten() {
+            let n = entry.file_name().to_string_lossy().into_owned();
+            if n.starts_with("ckpt-") && n != name {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    fn load(&self, trainable: &nn::VarStore, opt: &mut AdamW) -> Result<Option<Progress>, StageError> {
+        let Ok(name) = std::fs::read_to_string(self.dir.join("latest")) else { return Ok(None) };
+        let dir = self.dir.join(name.trim());
+        weights::load(trainable, &dir.join("trainable.safetensors"))?;
+        let state: BTreeMap<String, Tensor> = Tensor::read_safetensors(dir.join("optimizer.safetensors"))
+            .map_err(|e| StageError::data(dir.display().to_string(), e.to_string()))?
+            .into_iter()
+            .collect();
+        let text = std::fs::read_to_string(dir.join("progress.json")).map_err(|e| self.io(e))?;
+        let progress: Progress =
+            serde_json::from_str(&text).map_err(|e| StageError::data(dir.display().to_string(), e.to_string()))?;
+        opt.restore(&state, progress.step as i64).map_err(|m| StageError::data(dir.display().to_string(), m))?;
+        Ok(Some(progress))
+    }
+}
+
+/// Mean loss over `tokens` in eval mode.
+fn validation_loss(b: &Built, tokens: &TokenTable, p: &TrainParams, device: Device) -> f64 {
+    tch::no_grad(|| {
+        let (mut sum, mut n) = (0.0, 0usize);
+        for rows in batches(tokens, p.batch_tokens, p.max_batch_rows, 0, 0) {
+            let (x, mask, y) = collate(tokens, &rows, device);
+            let targets = y.ne(-100).sum(Kind::Int64).int64_value(&[]) as usize;
+            sum += b.model.loss(&x, &mask, &y, false).double_value(&[]) * targets as f64;
+            n += targets;
+        }
+        sum / n.max(1) as f64
+    })
+}
+
+/// Trains `b` on `train` as `p` says, checkpointing into `work`; returns the progress record.
+pub fn train(
+    b: &Built,
+    train: &TokenTable,
+    validation: Option<&TokenTable>,
+    p: &TrainParams,
+    work: &Path,
+    ctx: &StageContext,
+) -> Result<Progress, StageError> {
+    let device = b.trainable().device();
+    let lr = p.lr.expect("defaults filled");
+    let mut opt = AdamW::new(weights::variables(b.trainable()), p.weight_decay.expect("defaults filled"));
+    let per_epoch = batches(train, p.batch_tokens, p.max_batch_rows, p.seed, 0).len() as u64;
+    // Like transformers' Trainer, `max_steps` overrides the epochs.
+    let total = p.max_steps.unwrap_or(per_epoch * p.epochs);
+    let ckpt = Checkpoints { dir: work.to_path_buf() };
+    std::fs::create_dir_all(work).map_err(|e| StageError::io(work, e))?;
+    let mut progress = ckpt.load(b.trainable(), &mut opt)?.unwrap_or_default();
+    if progress.step > 0 {
+        ctx.progress.message(&format!("resumed at step {}", progress.step));
+    }
+    ctx.progress.set_total(total);
+    ctx.progress.inc(progress.step);
+    let mut bad = 0;
+    while progress.step < total {
+        let epoch_batches = batches(train, p.batch_tokens, p.max_batch_rows, p.seed, progress.epoch);
+        if progress.batch >= epoch_batches.len() {
+            progress.epoch += 1;
+            progress.batch = 0;
+            continue;
+        }
+        let t0 = Instant::now();
+        let (x, mask, y) = collate(train, &epoch_batches[progress.batch], device);
+        // Dropout draws from a generator seeded per step, so a resumed run repeats it exactly.
+        tch::manual_seed((p.seed as i64).wrapping_mul(7919).wrapping_add(progress.step as i64));
+        let loss = tch::autocast(device.is_cuda(), || b.model.loss(&x, &mask, &y, true));
+        let value = loss.double_value(&[]);
+        progress.batch += 1;
+        if !value.is_finite() {
+            bad += 1;
+            opt.zero_grad();
+            if bad >= p.nonfinite_patience {
+                return Err(StageError::data(
+                    format!("step {}", progress.step),
+                    format!(
+                        "loss was not finite for {bad} consecutive steps; the last good checkpoint is kept in {}",
+                        work.display()
+                    ),
+                ));
+            }
+            continue;
+        }
+        bad = 0;
+        loss.backward();
+        opt.clip_grad_norm(p.grad_clip);
+        let step_lr = linear_schedule(progress.step, p.warmup_steps, total, lr);
+        opt.update(step_lr);
+        opt.zero_grad();
+        progress.step += 1;
+        let tokens = (mask.sum(Kind::Int64).int64_value(&[]) + y.ne(-100).sum(Kind::Int64).int64_value(&[])) as f64;
+        progress.losses.push((progress.step, value, step_lr, tokens / t0.elapsed().as_secs_f64()));
+        ctx.progress.inc(1);
+        ctx.progress.message(&format!("loss {value:.4}"));
+        if let Some(v) = validation {
+            if p.eval_every > 0 && progress.step % p.eval_every == 0 {
+                progress.validation.push((progress.step, validation_loss(b, v, p, device)));
+            }
+        }
+        if p.checkpoint_every > 0 && progress.step % p.checkpoint_every == 0 && progress.step < total {
+            ckpt.save(b.trainable(), &opt, &progress)?;
+        }
+    }
+    if let Some(v) = validation {
+        if progress.validation.last().is_none_or(|(s, _)| *s != progress.step) {
+            progress.validation.push((progress.step, validation_loss(b, v, p, device)));
+        }
+    }
+    Ok(progress)
+}
+
+/// Writes the training record into `dir/training/`: parameter report, losses, validation.
+fn write_record(dir: &Path, b: &Built, progress: &Progress, seconds: f64) -> Result<(), StageError> {
+    let d = dir.join("training");
+    std::fs::create_dir_all(&d).map_err(|e| StageError::io(&d, e))?;
+    let (trainable, total) = b.parameter_report();
+    let report = serde_json::json!({
+        "trainable_parameters": trainable,
+        "all_parameters": total,
+        "percent_trainable": 100.0 * trainable as f64 / total as f64,
+        "steps": progress.step,
+        "seconds": seconds,
+    });
+    let write =
+        |name: &str, text: String| std::fs::write(d.join(name), text).map_err(|e| StageError::io(&d.join(name), e));
+    write("parameters.json", serde_json::to_string_pretty(&report).expect("report serializes"))?;
+    let mut losses = String::from("step,loss,lr,tokens_per_s\n");
+    for (s, l, lr, tps) in &progress.losses {
+        losses.push_str(&format!("{s},{l},{lr},{tps}\n"));
+    }
+    write("losses.csv", losses)?;
+    let mut val = String::from("step,validation_loss\n");
+    for (s, l) in &progress.validation {
+        val.push_str(&format!("{s},{l}\n"));
+    }
+    write("validation.csv", val)
+}
+
+/// Writes the trained weights: a full model folder (fp32 safetensors, the base's configs and
+/// tokenizer), or a PEFT adapter folder (`adapter_model.safetensors`, `adapter_config.json`).
+pub fn save(built: &Built, p: &TrainParams, out: &Path) -> Result<(), StageError> {
+    match &built.adapters {
+        None => {
+            weights::save(&weights::variables(&built.base), &out.join("model.safetensors"))?;
+            loader::copy_model_files(&built.dir, out)
+        }
+        Some(adapters) => {
+            weights::save(&weights::variables(adapters), &out.join("adapter_model.safetensors"))?;
+            let base = p.model.clone().unwrap_or_else(|| built.dir.display().to_string());
+            let config = lora::adapter_config(p.lora.as_ref().expect("defaults filled"), &base);
+            let path = out.join("adapter_config.json");
+            std::fs::write(&path, serde_json::to_string_pretty(&config).expect("config serializes"))
+                .map_err(|e| StageError::io(&path, e))
+        }
+    }
+}
+
+/// Runs either stage: build for the method, train, write the artifact.
+fn run(method: Method, p: &TrainParams, ctx: &StageContext) -> Result<(), StageError> {
+    let device = device::device(p.device)?;
+    let dir = model_ref::resolve(&p.model, ctx)?;
+    let train_tokens = TokenTable::read(ctx.input("train")?)?;
+    let validation = match &p.validation {
+        Some(_) => Some(TokenTable::read(ctx.input("validation")?)?),
+        None => None,
+    };
+    let built = build(method, &dir, p, device)?;
+    let t0 = Instant::now();
+    let progress = train(&built, &train_tokens, validation.as_ref(), p, &ctx.work_dir, ctx)?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let (trainable, total) = built.parameter_report();
+    ctx.record("steps", progress.step as f64);
+    ctx.record("seconds", seconds);
+    ctx.record("trainable_parameters", trainable as f64);
+    ctx.record("all_parameters", total as f64);
+    if let Some((_, l, _, _)) = progress.losses.last() {
+        ctx.record("final_loss", *l);
+    }
+    let out = ctx.output_dir(match method {
+        Method::Full => "model",
+        Method::Lora => "adapter",
+    })?;
+    save(&built, p, &out)?;
+    write_record(&out, &built, &progress, seconds)
+}
+
+fn inputs(p: &TrainParams) -> Vec<InputSlot> {
+    let mut slots =
+        vec![InputSlot { field: "train".into(), reference: p.train.clone(), accepts: &[ArtifactKind::Tokens] }];
+    if let Some(v) = &p.validation {
+        slots.push(InputSlot { field: "validation".into(), reference: v.clone(), accepts: &[ArtifactKind::Tokens] });
+    }
+    slots.extend(model_ref::inputs(&p.model_from));
+    slots
+}
+
+fn check(method: Method, p: &TrainParams) -> Vec<ParamError> {
+    let mut errors = model_ref::check(&p.model, &p.model_from);
+    if method == Method::Full && p.lora.is_some() {
+        errors.push(ParamError::new("lora", "is for `train-lora`; `train-full` trains every weight"));
+    }
+    if let Some(l) = &p.lora {
+        errors.extend(l.check().into_iter().map(|(f, m)| ParamError::new(format!("lora.{f}"), m)));
+    }
+    if p.lr.is_some_and(|lr| !(lr > 0.0)) {
+        errors.push(ParamError::new("lr", "must be positive"));
+    }
+    if p.epochs == 0 && p.max_steps.is_none() {
+        errors.push(ParamError::new("epochs", "must be at least 1"));
+    }
+    if p.dropout.is_some_and(|d| !(0.0..1.0).contains(&d)) {
+        errors.push(ParamError::new("dropout", "must be in [0, 1)"));
+    }
+    errors
+}
+
+/// The `train-full` stage.
+pub struct TrainFull;
+
+/// The `train-lora` stage.
+pub struct TrainLora;
+
+macro_rules! train_stage {
+    ($ty:ty, $method:expr, $kind:literal, $output:literal, $artifact:expr, $about:literal) => {
+        impl Stage for $ty {
+            type Params = TrainParams;
+            const KIND: &'static str = $kind;
+            const VERSION: u32 = 1;
+            const ABOUT: &'static str = $about;
+
+            fn defaults(&self, p: &mut TrainParams) {
+                $method.defaults(p)
+            }
+            fn inputs(&self, p: &TrainParams) -> Vec<InputSlot> {
+                inputs(p)
+            }
+            fn outputs(&self, _: &TrainParams) -> Vec<OutputDecl> {
+                vec![OutputDecl { name: $output.into(), kind: $artifact }]
+            }
+            fn check(&self, p: &TrainParams) -> Vec<ParamError> {
+                check($method, p)
+            }
+            fn files(&self, p: &TrainParams) -> Vec<FileInput> {
+                model_ref::files(&p.model)
+            }
+            fn resource(&self, p: &TrainParams) -> Resource {
+                if p.device == DeviceChoice::Cpu {
+                    Resource::Cpu
+                } else {
+                    Resource::Gpu
+                }
+            }
+            fn run(&self, p: &TrainParams, ctx: &StageContext) -> Result<(), StageError> {
+                run($method, p, ctx)
+            }
+            fn summary(&self, _: &TrainParams, outputs: &BTreeMap<String, PathBuf>) -> Option<String> {
+                let d = outputs.get($output)?.join("training");
+                let r: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(d.join("parameters.json")).ok()?).ok()?;
+                let losses = std::fs::read_to_string(d.join("losses.csv")).ok()?;
+                let last = losses.lines().last()?.split(',').nth(1)?.to_string();
+                Some(format!(
+                    "{} steps, final loss {last}; trainable model parameters: {} of {} ({:.2}%)",
+                    r["steps"],
+                    r["trainable_parameters"],
+                    r["all_parameters"],
+                    r["percent_trainable"].as_f64()?
+                ))
+            }
+        }
+    };
+}
+
+train_stage!(
+    TrainFull,
+    Method::Full,
+    "train-full",
+    "model",
+    ArtifactKind::Model,
+    "full fine-tuning (lab defaults: lr 1e-5, weight decay 0.01)"
+);
+train_stage!(
+    TrainLora,
+    Method::Lora,
+    "train-lora",
+    "adapter",
+    ArtifactKind::Adapter,
+    "LoRA fine-tuning, PEFT-layout adapter (lab defaults: r 32, alpha 32, dropout 0.05, q and v, lr 1e-3)"
+);

@@ -10,4 +10,6 @@ mod lab;
 mod load;
 #[cfg(feature = "torch")]
 mod models;
+#[cfg(feature = "torch")]
+mod training;
 mod validate;

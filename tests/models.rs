@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use crate::common::{shared, Sandbox};
 
 /// A tiny model (tokenizer of 2,000 pieces trained on DialogSum's train split), made once.
-fn tiny_model() -> &'static Path {
+pub fn tiny_model() -> &'static Path {
     static MODEL: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     &MODEL
         .get_or_init(|| {

@@ -476,7 +476,7 @@ fn check(method: Method, p: &TrainParams) -> Vec<ParamError> {
     if let Some(l) = &p.lora {
         errors.extend(l.check().into_iter().map(|(f, m)| ParamError::new(format!("lora.{f}"), m)));
     }
-    if p.lr.is_some_and(|lr| !(lr > 0.0)) {
+    if p.lr.is_some_and(|lr| lr.is_nan() || lr <= 0.0) {
         errors.push(ParamError::new("lr", "must be positive"));
     }
     if p.epochs == 0 && p.max_steps.is_none() {

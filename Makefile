@@ -1,8 +1,10 @@
 # sumflow's two entry points (see README):
-#   make lab   build sumflow (with libtorch) and run the lab pipeline
+#   make lab   build sumflow (with libtorch) and run the lab pipeline (hub defaults; ARGS adds
+#              `--set` overrides, e.g. ARGS="--set model=DIR --set data=../shared/data/dialogsum")
 #   make test  build everything from nothing (venv with torch and the Python oracles included)
 #              and run every check
-.PHONY: lab test venv build
+# Also: make lab-quick  the lab's quick variant offline, on a tiny random-init model.
+.PHONY: lab lab-quick test venv build
 
 PYTHON ?= python3
 VENV := .venv
@@ -12,7 +14,14 @@ REQS := python/requirements-test.txt
 TORCH_ENV := VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH LIBTORCH_USE_PYTORCH=1
 
 lab: build
-	./target/release/sumflow run pipelines/lab-results.yaml
+	./target/release/sumflow run pipelines/dialogsum-flan-t5.yaml $(ARGS)
+
+DATA := ../shared/data/dialogsum
+lab-quick: build
+	test -f cache/models/tiny/model.safetensors || ./target/release/sumflow make-model --arch tiny \
+		--tokenizer-data $(DATA) --vocab-size 4000 --out cache/models/tiny
+	./target/release/sumflow run pipelines/dialogsum-flan-t5.yaml --set model=cache/models/tiny \
+		--set data=$(DATA) --set subsample=100 --set max_steps=20 --set max_new_tokens=40 $(ARGS)
 
 build: venv
 	$(TORCH_ENV) cargo build --release --locked --features torch

@@ -142,3 +142,91 @@ fn graph_renders_dot_and_mermaid() {
     let mermaid = String::from_utf8(cmd.current_dir(repo()).output().unwrap().stdout).unwrap();
     assert!(mermaid.contains("quick -->|all| quick-scores"), "{mermaid}");
 }
+
+/// The lab pipeline's quick variant, offline: tiny model, every 100th row, a few steps.
+#[cfg(feature = "torch")]
+#[test]
+fn the_lab_pipeline_runs_offline_end_to_end() {
+    let s = Sandbox::new();
+    let model = crate::models::tiny_model().display().to_string();
+    let data = shared("dialogsum").display().to_string();
+    let sets = |extra: &[String]| -> Vec<String> {
+        let mut v = vec!["run".to_string(), repo().join("pipelines/dialogsum-flan-t5.yaml").display().to_string()];
+        for kv in [
+            format!("model={model}"),
+            format!("data={data}"),
+            "subsample=100".into(),
+            "max_steps=4".into(),
+            "max_new_tokens=8".into(),
+            "device=cpu".into(),
+        ]
+        .into_iter()
+        .chain(extra.iter().cloned())
+        {
+            v.push("--set".into());
+            v.push(kv);
+        }
+        v
+    };
+    let run = |extra: &[String]| {
+        let args = sets(extra);
+        s.ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let first = run(&[]);
+    assert!(first.stderr.contains("14 ran, 0 cached"), "{}", first.stderr);
+    assert!(first.stdout.contains("== scores (score) =="), "{}", first.stdout);
+    assert!(first.stdout.contains("Absolute percentage improvement over original_model_summaries"), "{}", first.stdout);
+    assert!(first.stdout.contains("results: 15 rows"), "{}", first.stdout);
+
+    // Everything cached the second time.
+    let second = run(&[]);
+    assert!(second.stderr.contains("0 ran, 14 cached"), "{}", second.stderr);
+
+    // `sumflow score` on the results table reproduces the pipeline's scores.
+    let audit = s.ok(&["audit", "latest"]);
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(audit.stdout.split(':').next().unwrap()).unwrap()).unwrap();
+    let digest = |id: &str, out: &str| {
+        m["stages"].as_array().unwrap().iter().find(|x| x["id"] == id).unwrap()["outputs"][out]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let results = s.cache().join("artifacts").join(digest("results", "all")).join("table.parquet");
+    let cli: serde_json::Value = serde_json::from_str(
+        &s.ok(&[
+            "score",
+            results.to_str().unwrap(),
+            "--references",
+            "human_baseline_summaries",
+            "--predictions",
+            MODELS[0],
+            MODELS[1],
+            MODELS[2],
+            "--baseline",
+            MODELS[0],
+            "--format",
+            "json",
+        ])
+        .stdout,
+    )
+    .unwrap();
+    let stage: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(s.cache().join("artifacts").join(digest("scores", "metrics")).join("metrics.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(means(&cli), means(&stage));
+
+    // A new LoRA rank reruns only the LoRA branch: its training, generation, the join, the scores.
+    let third = run(&["lora_r=8".to_string()]);
+    let ran: Vec<&str> = third
+        .stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("  ran   "))
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    let mut ran = ran;
+    ran.sort();
+    assert_eq!(ran, ["lora", "peft", "peft-vs-full", "results", "scores"], "{}", third.stderr);
+}

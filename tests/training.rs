@@ -159,3 +159,25 @@ fn sigkills_during_checkpoint_writes_leave_a_resumable_stage() {
     let got = std::fs::read(artifact(&s, "full", "model").join("model.safetensors")).unwrap();
     assert_eq!(got, want, "same weights as an uninterrupted run");
 }
+
+#[test]
+fn a_loss_that_stays_non_finite_stops_the_stage_and_keeps_the_last_good_checkpoint() {
+    let s = Sandbox::new();
+    // An absurd learning rate: the weights blow up and the loss stops being finite.
+    pipeline(
+        &s,
+        &stage(
+            "max_steps: 40, lr: 1.0e12, grad_clip: 0.0, checkpoint_every: 1, nonfinite_patience: 3",
+            "train-full",
+            "full",
+        ),
+    );
+    let out = s.run(&["run", "p.yaml"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("loss was not finite for 3 consecutive steps; the last good checkpoint is kept in"),
+        "{}",
+        out.stderr
+    );
+    assert!(latest_checkpoint(&s).is_some(), "a checkpoint of the last finite step remains");
+}

@@ -159,6 +159,10 @@ fn shipped_pipelines_validate() {
         let path = entry.unwrap().path();
         let mut cmd = s.cmd(&["validate", path.to_str().unwrap()]);
         let out = cmd.current_dir(root).output().unwrap();
-        assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // Without the `torch` feature, model stages are named as needing it, and nothing else.
+        let torch_only = !cfg!(feature = "torch")
+            && stderr.lines().filter(|l| l.starts_with("error:")).all(|l| l.contains("needs libtorch"));
+        assert!(out.status.success() || torch_only, "{}: {stderr}", path.display());
     }
 }

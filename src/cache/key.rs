@@ -27,8 +27,12 @@ impl Recipe {
     pub fn new(node: &StageNode, inputs: BTreeMap<String, String>, files: BTreeMap<String, String>) -> Recipe {
         let mut params = node.params.canonical.clone();
         if let Value::Object(map) = &mut params {
-            // References and file paths enter through their digests, not their spelling.
-            for field in inputs.keys().chain(files.keys()) {
+            // A reference field or a file path enters through its digest, not its spelling.
+            // (A map of references, `add/<name>`, stays: it holds other settings too.)
+            for field in inputs.keys().filter(|f| !f.contains('/')) {
+                map.remove(field);
+            }
+            for field in files.keys() {
                 map.remove(field.split('/').next().unwrap_or(field));
             }
         }

@@ -57,10 +57,14 @@ pub(super) fn validate<'r>(
             }
         };
         let Some(stage) = registry.get(&kind) else {
-            error(
-                format!("{at}.kind"),
-                format!("unknown kind `{kind}` (known: {})", registry.kinds().collect::<Vec<_>>().join(", ")),
-            );
+            let message = if Registry::TORCH_KINDS.contains(&kind.as_str()) {
+                format!(
+                    "`{kind}` needs libtorch: this sumflow was built without the `torch` feature (`make build` has it)"
+                )
+            } else {
+                format!("unknown kind `{kind}` (known: {})", registry.kinds().collect::<Vec<_>>().join(", "))
+            };
+            error(format!("{at}.kind"), message);
             continue;
         };
         let params = match stage.parse(Value::Mapping(map)) {

@@ -267,6 +267,11 @@ impl Stage for Generate {
         let mut slots =
             vec![InputSlot { field: "input".into(), reference: p.input.clone(), accepts: &[ArtifactKind::Table] }];
         slots.extend(model_ref::inputs(&p.model_from));
+        slots.extend(p.adapter_from.iter().map(|r| InputSlot {
+            field: "adapter_from".into(),
+            reference: r.clone(),
+            accepts: &[ArtifactKind::Adapter],
+        }));
         slots
     }
     fn outputs(&self, _: &GenerateParams) -> Vec<OutputDecl> {

@@ -8,6 +8,7 @@ pub mod error;
 #[cfg(feature = "torch")]
 pub mod generate;
 pub mod hub;
+pub mod join;
 pub mod load;
 #[cfg(feature = "torch")]
 pub mod lora;

@@ -112,6 +112,7 @@ impl Registry {
         r.add(crate::subsample::Subsample);
         r.add(crate::score::Score);
         r.add(crate::tokenize::Tokenize);
+        r.add(crate::join::Join);
         #[cfg(feature = "torch")]
         r.add(crate::make_model::MakeModel);
         #[cfg(feature = "torch")]
@@ -132,6 +133,9 @@ impl Registry {
     pub fn get(&self, kind: &str) -> Option<&dyn DynStage> {
         self.stages.get(kind).map(|s| s.as_ref())
     }
+
+    /// Kinds that exist only in builds with the `torch` feature.
+    pub const TORCH_KINDS: [&'static str; 4] = ["make-model", "generate", "train-full", "train-lora"];
 
     /// All kinds, sorted.
     pub fn kinds(&self) -> impl Iterator<Item = &'static str> + '_ {

@@ -140,6 +140,9 @@ enum Command {
         /// A model folder, hf://OWNER/NAME, or an architecture name (tiny, flan-t5-base, ...).
         #[arg(long)]
         model: String,
+        /// Count with LoRA adapters: `r=32,alpha=32,targets=q,v`.
+        #[arg(long)]
+        lora: Option<String>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
@@ -311,8 +314,8 @@ pub fn main(cli: Cli) -> Result<ExitCode, Error> {
             println!("{}: {base} with {} merged in", out.display(), adapter.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Params { model, format } => {
-            let count = models::params(&model)?;
+        Command::Params { model, lora, format } => {
+            let count = models::params(&model, lora.as_deref())?;
             match format {
                 Format::Text => print!("{}", count.render()),
                 Format::Json => println!("{}", serde_json::to_string_pretty(&count).expect("counts serialize")),

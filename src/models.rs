@@ -31,6 +31,7 @@ mod imp {
     use super::*;
     use sumflow_stages::generate::{open, summarize as generate_all, GenerateOptions};
     use sumflow_stages::hub::fetch_model;
+    use sumflow_stages::lora::LoraSettings;
     use sumflow_stages::make_model::{make_model as make, MakeModelParams};
     use sumflow_stages::t5::decode::Strategy;
     use sumflow_stages::t5::device::{DeviceChoice, DtypeChoice};
@@ -62,18 +63,47 @@ mod imp {
         Ok(make(&p, out)?)
     }
 
+    /// Parses `r=32,alpha=32,dropout=0.05,targets=q+v` (targets also comma-separated at the end).
+    fn parse_lora(spec: &str) -> Result<LoraSettings, Error> {
+        let mut s = LoraSettings::default();
+        let mut targets: Vec<String> = Vec::new();
+        let mut in_targets = false;
+        for part in spec.split(',').filter(|p| !p.is_empty()) {
+            let bad = || Error::Usage(format!("--lora {spec}: write r=32,alpha=32,dropout=0.05,targets=q,v"));
+            match part.split_once('=') {
+                Some(("r", v)) => s.r = v.parse().map_err(|_| bad())?,
+                Some(("alpha", v)) => s.alpha = v.parse().map_err(|_| bad())?,
+                Some(("dropout", v)) => s.dropout = v.parse().map_err(|_| bad())?,
+                Some(("targets", v)) => {
+                    in_targets = true;
+                    targets.extend(v.split('+').map(str::to_string));
+                }
+                None if in_targets => targets.push(part.to_string()),
+                _ => return Err(bad()),
+            }
+        }
+        if !targets.is_empty() {
+            s.targets = targets;
+        }
+        if let Some((field, message)) = s.check().into_iter().next() {
+            return Err(Error::Usage(format!("--lora {field}: {message}")));
+        }
+        Ok(s)
+    }
+
     /// Writes `base` with the adapter merged into its weights to `out`.
     pub fn merge(adapter: &Path, base: &str, out: &Path) -> Result<(), Error> {
         Ok(sumflow_stages::lora::merge(adapter, &local(base)?, out)?)
     }
 
     /// Counts the parameters of an architecture preset or of a model folder's config.
-    pub fn params(model: &str) -> Result<ParamCount, Error> {
+    pub fn params(model: &str, lora: Option<&str>) -> Result<ParamCount, Error> {
         let config = match T5Config::preset(model) {
             Some(c) => c,
             None => read_config(&local(model)?)?,
         };
-        let (trainable, total) = count_parameters(&config);
+        let lora = lora.map(parse_lora).transpose()?;
+        let (trainable, total) = count_parameters(&config, lora.as_ref());
         Ok(ParamCount { trainable, total })
     }
 
@@ -146,7 +176,7 @@ mod imp {
         Err(unavailable())
     }
     /// Needs libtorch.
-    pub fn params(_: &str) -> Result<ParamCount, Error> {
+    pub fn params(_: &str, _: Option<&str>) -> Result<ParamCount, Error> {
         Err(unavailable())
     }
     /// Needs libtorch.

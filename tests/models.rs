@@ -52,6 +52,8 @@ fn params_counts_like_the_lab() {
     let s = Sandbox::new();
     let out = s.ok(&["params", "--model", "flan-t5-base"]);
     assert!(out.stdout.contains("trainable model parameters: 247577856\nall model parameters: 247577856\npercentage of trainable model parameters: 100.00%"), "{}", out.stdout);
+    let lora = s.ok(&["params", "--model", "flan-t5-base", "--lora", "r=32,alpha=32,targets=q,v"]);
+    assert!(lora.stdout.contains("trainable model parameters: 3538944\nall model parameters: 251116800\npercentage of trainable model parameters: 1.41%"), "{}", lora.stdout);
     let json: serde_json::Value =
         serde_json::from_str(&s.ok(&["params", "--model", tiny_model().to_str().unwrap(), "--format", "json"]).stdout)
             .unwrap();

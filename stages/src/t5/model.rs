@@ -154,12 +154,20 @@ impl T5 {
     }
 }
 
-/// (trainable, total) parameters of a model with `config`, built on the CPU.
-pub fn count_parameters(config: &T5Config) -> (i64, i64) {
+/// (trainable, total) parameters of a model with `config`, built on the CPU; with LoRA, only
+/// the adapters train and the total counts them too (the lab's printout).
+pub fn count_parameters(config: &T5Config, lora: Option<&crate::lora::LoraSettings>) -> (i64, i64) {
     let vs = nn::VarStore::new(Device::Cpu);
-    let _model = T5::new(&vs.root(), config.clone());
-    let count = |ts: Vec<Tensor>| ts.iter().map(|t| t.numel() as i64).sum::<i64>();
-    (count(vs.trainable_variables()), count(vs.variables().into_values().collect()))
+    let mut model = T5::new(&vs.root(), config.clone());
+    let count = |vs: &nn::VarStore| vs.variables().values().map(|t| t.numel() as i64).sum::<i64>();
+    match lora {
+        None => (count(&vs), count(&vs)),
+        Some(s) => {
+            let adapters = nn::VarStore::new(Device::Cpu);
+            crate::lora::apply(&mut model, &adapters.root(), s);
+            (count(&adapters), count(&vs) + count(&adapters))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -228,6 +236,9 @@ mod tests {
 
     #[test]
     fn flan_t5_base_has_the_labs_parameter_count() {
-        assert_eq!(count_parameters(&T5Config::preset("flan-t5-base").unwrap()), (247_577_856, 247_577_856));
+        let base = T5Config::preset("flan-t5-base").unwrap();
+        assert_eq!(count_parameters(&base, None), (247_577_856, 247_577_856));
+        // The lab's LoRA printout: r 32 on q and v.
+        assert_eq!(count_parameters(&base, Some(&crate::lora::LoraSettings::default())), (3_538_944, 251_116_800));
     }
 }

@@ -34,8 +34,10 @@ $(STAMP): $(REQS)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r $(REQS)
 	sha256sum $(REQS) > $(STAMP)
 
-# Lints with and without libtorch (the runner must build without it), then every test.
+# Lints with and without libtorch (the runner must build without it), then every test. The
+# report test opens report.html in headless Chromium (Debian's `chromium`, installed if missing).
 test: venv
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 	$(TORCH_ENV) cargo clippy --workspace --all-targets --locked --features torch -- -D warnings

@@ -173,14 +173,15 @@ fn the_lab_pipeline_runs_offline_end_to_end() {
         s.ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
     };
     let first = run(&[]);
-    assert!(first.stderr.contains("14 ran, 0 cached"), "{}", first.stderr);
+    assert!(first.stderr.contains("15 ran, 0 cached"), "{}", first.stderr);
+    assert!(first.stdout.contains("report: ") && first.stdout.contains("report.html"), "{}", first.stdout);
     assert!(first.stdout.contains("== scores (score) =="), "{}", first.stdout);
     assert!(first.stdout.contains("Absolute percentage improvement over original_model_summaries"), "{}", first.stdout);
     assert!(first.stdout.contains("results: 15 rows"), "{}", first.stdout);
 
     // Everything cached the second time.
     let second = run(&[]);
-    assert!(second.stderr.contains("0 ran, 14 cached"), "{}", second.stderr);
+    assert!(second.stderr.contains("0 ran, 15 cached"), "{}", second.stderr);
 
     // `sumflow score` on the results table reproduces the pipeline's scores.
     let audit = s.ok(&["audit", "latest"]);
@@ -228,5 +229,60 @@ fn the_lab_pipeline_runs_offline_end_to_end() {
         .collect();
     let mut ran = ran;
     ran.sort();
-    assert_eq!(ran, ["lora", "peft", "peft-vs-full", "results", "scores"], "{}", third.stderr);
+    assert_eq!(ran, ["lora", "peft", "peft-vs-full", "report", "results", "scores"], "{}", third.stderr);
+}
+
+#[test]
+fn the_report_opens_in_chromium_and_is_not_blank() {
+    let s = Sandbox::new();
+    let mut cmd = s.cmd(&["run", "pipelines/lab-results.yaml"]);
+    let out = cmd.current_dir(repo()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let html = stdout.lines().find_map(|l| l.strip_prefix("report: ")).expect("the report's path").to_string();
+    let dir = Path::new(&html).parent().unwrap();
+    for f in ["report.html", "report.md", "results.csv", "rouge.svg", "lengths.svg", "metrics.json"] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<svg") && page.contains("Absolute percentage improvement over original_model_summaries"));
+    assert!(page.contains("0.4214 ["), "the full fine-tune's rouge1 is in the table");
+    // `sumflow score` on the report's results.csv reproduces the report's numbers.
+    let scored = s.ok(&[
+        "score",
+        dir.join("results.csv").to_str().unwrap(),
+        "--references",
+        "human_baseline_summaries",
+        "--predictions",
+        MODELS[0],
+        MODELS[1],
+        MODELS[2],
+        "--baseline",
+        MODELS[0],
+        "--format",
+        "json",
+    ]);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(means(&serde_json::from_str(&scored.stdout).unwrap()), means(&report));
+
+    // Headless Chromium renders it; the screenshot has content (not one flat colour).
+    let png = s.path().join("report.png");
+    let status = std::process::Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1200,1600"])
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("file://{html}"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("chromium (Debian's package; `make test` installs it)");
+    assert!(status.success());
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let pixels = &buf[..info.buffer_size()];
+    let channels = info.color_type.samples();
+    let non_white = pixels.chunks(channels).filter(|p| p.iter().take(3).any(|&c| c < 200)).count();
+    let total = pixels.len() / channels;
+    assert!(non_white > total / 100, "{non_white} of {total} pixels are not white: the page looks blank");
 }

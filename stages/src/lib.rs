@@ -18,6 +18,7 @@ pub mod model_ref;
 #[cfg(feature = "torch")]
 pub mod optim;
 pub mod registry;
+pub mod report;
 pub mod rouge;
 pub mod score;
 pub mod stage;

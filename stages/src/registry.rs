@@ -113,6 +113,7 @@ impl Registry {
         r.add(crate::score::Score);
         r.add(crate::tokenize::Tokenize);
         r.add(crate::join::Join);
+        r.add(crate::report::Report);
         #[cfg(feature = "torch")]
         r.add(crate::make_model::MakeModel);
         #[cfg(feature = "torch")]

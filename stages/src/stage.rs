@@ -24,6 +24,8 @@ pub enum ArtifactKind {
     Tokens,
     /// A LoRA adapter in PEFT's layout (`adapter_model.safetensors`, `adapter_config.json`).
     Adapter,
+    /// A report: `report.html`, `report.md`, `results.csv`, plots.
+    Report,
 }
 
 impl fmt::Display for ArtifactKind {
@@ -34,6 +36,7 @@ impl fmt::Display for ArtifactKind {
             ArtifactKind::Model => "model",
             ArtifactKind::Tokens => "tokens",
             ArtifactKind::Adapter => "adapter",
+            ArtifactKind::Report => "report",
         })
     }
 }

@@ -77,6 +77,9 @@ enum Command {
     Audit {
         /// The run.
         run: String,
+        /// Also rerun this stage into a scratch cache and compare its outputs with the run's.
+        #[arg(long, value_name = "STAGE")]
+        reproduce: Option<String>,
     },
     /// Score prediction columns of a CSV/JSONL/Parquet file with ROUGE.
     Score {
@@ -277,9 +280,24 @@ pub fn main(cli: Cli) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cache { action } => cache_command(action, &Cache::open(&cli.cache.dir)?),
-        Command::Audit { run } => {
+        Command::Audit { run, reproduce } => {
             let cache = Cache::open(&cli.cache.dir)?;
             let (path, m) = Manifest::find(&cache, &run)?;
+            if let Some(stage) = reproduce {
+                let r = crate::reproduce::reproduce(&cache, &m, &stage, &registry, &Console::default())?;
+                for line in &r.volatile {
+                    println!("timing record (expected to differ): {line}");
+                }
+                if !r.differences.is_empty() {
+                    return Err(Error::Audit(format!(
+                        "stage `{stage}` of run {} did not reproduce:\n  {}",
+                        m.run_id,
+                        r.differences.join("\n  ")
+                    )));
+                }
+                println!("stage `{stage}` of run {} reproduced bit-exactly ({} files)", m.run_id, r.same);
+                return Ok(ExitCode::SUCCESS);
+            }
             let (checked, problems) = manifest::audit(&cache, &m);
             if !problems.is_empty() {
                 return Err(Error::Audit(format!(

@@ -16,5 +16,6 @@ pub mod models;
 pub mod pipeline;
 pub mod plan;
 pub mod report;
+pub mod reproduce;
 
 pub use error::Error;

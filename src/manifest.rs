@@ -33,6 +33,9 @@ pub struct Manifest {
     pub vars: serde_json::Value,
     /// The machine.
     pub host: Host,
+    /// libtorch, CUDA and GPU facts.
+    #[serde(default)]
+    pub runtime: BTreeMap<String, String>,
     /// Every stage, in file order.
     pub stages: Vec<StageRecord>,
 }
@@ -81,6 +84,9 @@ pub struct StageRecord {
     /// Why it failed or was skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The params the key hashes (seeds and settings included).
+    #[serde(default)]
+    pub params: serde_json::Value,
     /// Figures the stage recorded when it ran (throughput, counts).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub stats: BTreeMap<String, f64>,
@@ -133,6 +139,7 @@ impl Manifest {
                     outputs: run.entry.as_ref().map(|e| e.outputs.clone()).unwrap_or_default(),
                     note,
                     stats: run.entry.as_ref().map(|e| e.stats.clone()).unwrap_or_default(),
+                    params: node.params.canonical.clone(),
                 }
             })
             .collect();
@@ -147,6 +154,7 @@ impl Manifest {
             pipeline: PipelineRecord { name: p.name.clone(), path: p.path.clone(), blake3: p.file_hash.clone() },
             vars: serde_json::to_value(&p.vars).unwrap_or_default(),
             host: Host::current(),
+            runtime: sumflow_stages::runtime::describe(),
             stages,
         }
     }

@@ -7,6 +7,14 @@ use crate::common::{lab_results, shared, Sandbox};
 
 const MODELS: [&str; 3] = ["original_model_summaries", "instruct_model_summaries", "peft_model_summaries"];
 
+/// `sumflow score --format json` of a table in the lab's layout (baseline: the original model).
+fn score_lab_layout(s: &Sandbox, table: &Path) -> serde_json::Value {
+    let mut args = vec!["score", table.to_str().unwrap(), "--references", "human_baseline_summaries", "--predictions"];
+    args.extend(MODELS);
+    args.extend(["--baseline", MODELS[0], "--format", "json"]);
+    serde_json::from_str(&s.ok(&args).stdout).unwrap()
+}
+
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -194,24 +202,7 @@ fn the_lab_pipeline_runs_offline_end_to_end() {
             .to_string()
     };
     let results = s.cache().join("artifacts").join(digest("results", "all")).join("table.parquet");
-    let cli: serde_json::Value = serde_json::from_str(
-        &s.ok(&[
-            "score",
-            results.to_str().unwrap(),
-            "--references",
-            "human_baseline_summaries",
-            "--predictions",
-            MODELS[0],
-            MODELS[1],
-            MODELS[2],
-            "--baseline",
-            MODELS[0],
-            "--format",
-            "json",
-        ])
-        .stdout,
-    )
-    .unwrap();
+    let cli = score_lab_layout(&s, &results);
     let stage: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(s.cache().join("artifacts").join(digest("scores", "metrics")).join("metrics.json"))
             .unwrap(),
@@ -248,23 +239,10 @@ fn the_report_opens_in_chromium_and_is_not_blank() {
     assert!(page.contains("<svg") && page.contains("Absolute percentage improvement over original_model_summaries"));
     assert!(page.contains("0.4214 ["), "the full fine-tune's rouge1 is in the table");
     // `sumflow score` on the report's results.csv reproduces the report's numbers.
-    let scored = s.ok(&[
-        "score",
-        dir.join("results.csv").to_str().unwrap(),
-        "--references",
-        "human_baseline_summaries",
-        "--predictions",
-        MODELS[0],
-        MODELS[1],
-        MODELS[2],
-        "--baseline",
-        MODELS[0],
-        "--format",
-        "json",
-    ]);
+    let scored = score_lab_layout(&s, &dir.join("results.csv"));
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap();
-    assert_eq!(means(&serde_json::from_str(&scored.stdout).unwrap()), means(&report));
+    assert_eq!(means(&scored), means(&report));
 
     // Headless Chromium renders it; the screenshot has content (not one flat colour).
     let png = s.path().join("report.png");

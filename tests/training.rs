@@ -181,3 +181,17 @@ fn a_loss_that_stays_non_finite_stops_the_stage_and_keeps_the_last_good_checkpoi
     );
     assert!(latest_checkpoint(&s).is_some(), "a checkpoint of the last finite step remains");
 }
+
+#[test]
+fn training_on_the_cpu_reproduces_bit_exactly() {
+    let s = Sandbox::new();
+    pipeline(&s, &stage("max_steps: 6, lr: 0.001, checkpoint_every: 3", "train-full", "full"));
+    s.ok(&["run", "p.yaml"]);
+    let out = s.ok(&["audit", "latest", "--reproduce", "full"]);
+    assert!(out.stdout.contains("reproduced bit-exactly"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("timing record (expected to differ): full.model/training/throughput.csv"),
+        "{}",
+        out.stdout
+    );
+}

@@ -20,6 +20,7 @@ pub mod optim;
 pub mod registry;
 pub mod report;
 pub mod rouge;
+pub mod runtime;
 pub mod score;
 pub mod stage;
 pub mod subsample;

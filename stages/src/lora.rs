@@ -214,17 +214,8 @@ pub fn merged_weights(base: &nn::VarStore, model: &mut T5) -> BTreeMap<String, T
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::t5::T5Config;
+    use crate::t5::model::tiny;
     use tch::Device;
-
-    fn tiny() -> (nn::VarStore, T5) {
-        tch::manual_seed(0);
-        let vs = nn::VarStore::new(Device::Cpu);
-        let mut c = T5Config::preset("tiny").unwrap();
-        c.vocab_size = 100;
-        let m = T5::new(&vs.root(), c);
-        (vs, m)
-    }
 
     #[test]
     fn a_fresh_adapter_changes_nothing_and_trains_only_itself() {

@@ -35,6 +35,8 @@ pub trait DynStage: Send + Sync {
     fn files(&self, p: &Params) -> Vec<FileInput>;
     /// See [`Stage::resource`].
     fn resource(&self, p: &Params) -> Resource;
+    /// See [`Stage::volatile_files`].
+    fn volatile_files(&self) -> &'static [&'static str];
     /// See [`Stage::run`].
     fn run(&self, p: &Params, ctx: &StageContext) -> Result<(), StageError>;
     /// See [`Stage::summary`].
@@ -84,6 +86,9 @@ impl<S: Stage> DynStage for Wrapped<S> {
     }
     fn resource(&self, p: &Params) -> Resource {
         self.0.resource(self.typed(p))
+    }
+    fn volatile_files(&self) -> &'static [&'static str] {
+        self.0.volatile_files()
     }
     fn run(&self, p: &Params, ctx: &StageContext) -> Result<(), StageError> {
         self.0.run(self.typed(p), ctx)

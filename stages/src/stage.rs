@@ -247,6 +247,11 @@ pub trait Stage: Send + Sync + 'static {
     fn resource(&self, _params: &Self::Params) -> Resource {
         Resource::Cpu
     }
+    /// Files (relative to an output folder) that record timings and so differ between runs;
+    /// `audit --reproduce` reports them apart from real differences.
+    fn volatile_files(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// Runs the stage, writing each declared output into `ctx.output_dir(name)`.
     fn run(&self, params: &Self::Params, ctx: &StageContext) -> Result<(), StageError>;
     /// A human summary of finished outputs (`outputs` maps output names to artifact folders).

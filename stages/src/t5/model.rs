@@ -170,18 +170,20 @@ pub fn count_parameters(config: &T5Config, lora: Option<&crate::lora::LoraSettin
     }
 }
 
+/// A seeded tiny model with a 100-token vocabulary, for unit tests.
+#[cfg(test)]
+pub(crate) fn tiny() -> (nn::VarStore, T5) {
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut c = T5Config::preset("tiny").unwrap();
+    c.vocab_size = 100;
+    let m = T5::new(&vs.root(), c);
+    (vs, m)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn tiny() -> (nn::VarStore, T5) {
-        tch::manual_seed(0);
-        let vs = nn::VarStore::new(Device::Cpu);
-        let mut c = T5Config::preset("tiny").unwrap();
-        c.vocab_size = 100;
-        let m = T5::new(&vs.root(), c);
-        (vs, m)
-    }
 
     fn batch() -> (Tensor, Tensor, Tensor) {
         let x = Tensor::from_slice(&[5i64, 6, 7, 8, 9, 1, 11, 12, 1, 0, 0, 0]).view([2, 6]);

@@ -462,6 +462,7 @@ fn score(
     no_stemmer: bool,
     format: ScoreFormat,
 ) -> Result<ExitCode, Error> {
+    // The params name their table as a stage input; here the table is the file itself.
     let input = InputRef { stage: "file".into(), output: None };
     let mut params = ScoreParams::new(input, references, predictions, baseline);
     params.use_stemmer = !no_stemmer;

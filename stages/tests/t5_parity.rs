@@ -65,6 +65,9 @@ fn check(arch: &str, n: usize, max_new: i64) {
     let ids =
         |v: &serde_json::Value| -> Vec<i64> { v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect() };
     let mut worst = (0.0f64, 0.0f64);
+    // Random-init logits are large (std-1 embeddings and head): differences are judged against
+    // their scale as well as absolutely.
+    let mut scale = 0.0f64;
     for i in 0..n {
         let src: Vec<i64> = m
             .tokenizer
@@ -86,8 +89,10 @@ fn check(arch: &str, n: usize, max_new: i64) {
             let enc = m.model.encode(&x, &mask, false);
             let logits = m.model.decode(&m.model.shift_right(&y), &enc, &mask, None, false);
             let de = (enc.squeeze_dim(0) - &reference[&format!("enc_{i}")]).abs().max().double_value(&[]);
-            let dl = (logits.squeeze_dim(0) - &reference[&format!("logits_{i}")]).abs().max().double_value(&[]);
+            let want = &reference[&format!("logits_{i}")];
+            let dl = (logits.squeeze_dim(0) - want).abs().max().double_value(&[]);
             worst = (worst.0.max(de), worst.1.max(dl));
+            scale = scale.max(want.abs().max().double_value(&[]));
             let loss = m.model.loss(&x, &mask, &y, false).double_value(&[]);
             let want = reference[&format!("loss_{i}")].double_value(&[0]);
             assert!((loss - want).abs() < 1e-4, "loss {loss} vs {want}");
@@ -95,8 +100,13 @@ fn check(arch: &str, n: usize, max_new: i64) {
         let gen = generate(&m.model, &x, &mask, max_new, &Strategy::Greedy);
         assert_eq!(gen[0], ids(&facts["generations"][i]), "greedy generation of example {i}");
     }
-    eprintln!("{arch}: max |Δ| encoder {:.2e}, logits {:.2e} over {n} dialogues", worst.0, worst.1);
-    assert!(worst.0 < 1e-4 && worst.1 < 1e-4, "{worst:?}");
+    eprintln!(
+        "{arch}: max |Δ| encoder {:.2e}, logits {:.2e} (max |logit| {scale:.1}) over {n} dialogues",
+        worst.0, worst.1
+    );
+    assert!(worst.0 < 1e-4, "encoder {worst:?}");
+    // Absolute 1e-4, or 2e-6 of the logits' scale (fp32 rounding on logits in the hundreds).
+    assert!(worst.1 < 1e-4_f64.max(2e-6 * scale), "logits {worst:?} at scale {scale}");
 
     // Batched (padded) greedy decoding gives the same tokens as one at a time.
     let rows: Vec<Vec<i64>> = (0..n).map(|i| ids(&facts["source_ids"][i])).collect();

@@ -5,6 +5,7 @@
 //! already hold and writes a [`manifest`] per run; [`plan`] explains hits and misses before
 //! running; [`report`] shows progress and results. Stages themselves live in `sumflow-stages`.
 
+pub mod bench;
 pub mod cache;
 pub mod cli;
 pub mod diagnostic;

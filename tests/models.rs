@@ -155,3 +155,45 @@ fn the_hub_offline_fails_fast_naming_the_offline_form() {
     );
     assert!(t0.elapsed().as_secs() < 30);
 }
+
+#[test]
+fn bench_measures_training_generation_and_scoring() {
+    let s = Sandbox::new();
+    let json = s.path().join("bench.json");
+    let m = tiny_model().to_str().unwrap();
+    let data = shared("dialogsum");
+    let results = shared("lab-results/dialogue-summary-training-results.csv");
+    let out = s.ok(&[
+        "bench",
+        "--model",
+        m,
+        "--device",
+        "cpu",
+        "--data",
+        data.to_str().unwrap(),
+        "--results",
+        results.to_str().unwrap(),
+        "--train-steps",
+        "2",
+        "--batch-tokens",
+        "2048",
+        "--generate",
+        "6",
+        "--generate-one-at-a-time",
+        "2",
+        "--max-new-tokens",
+        "5",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.stdout.contains("train, full fine-tuning (2 steps)") && out.stdout.contains("score, ROUGE (4500 pairs)"),
+        "{}",
+        out.stdout
+    );
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    let figures = report["figures"].as_array().unwrap();
+    assert_eq!(figures.len(), 5);
+    assert!(figures.iter().all(|f| f["per_s"].as_f64().unwrap() > 0.0));
+    assert!(figures[0]["tflops"].as_f64().unwrap() > 0.0 && figures[0]["epoch_s"].as_f64().unwrap() > 0.0);
+}

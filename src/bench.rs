@@ -1,0 +1,270 @@
+//! `sumflow bench`: on one device, one model shape and DialogSum: training (full and LoRA) —
+//! dialogues/s, real (non-pad) tokens/s, achieved TFLOP/s and MFU against the card's peak, the
+//! epoch time it implies; generation — batched vs one at a time; scoring — pairs/s. A table
+//! and JSON; `benchmarks/bench.sh` puts the lab's Python settings beside it.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::error::Error;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// A model folder (random-init or real).
+    pub model: PathBuf,
+    /// DialogSum folder (train/test CSVs).
+    pub data: PathBuf,
+    /// The lab's precomputed results file, for scoring.
+    pub results: PathBuf,
+    /// `cpu`, `cuda` or `auto`.
+    pub device: String,
+    /// Training steps timed per method.
+    pub train_steps: u64,
+    /// Tokens per training batch.
+    pub batch_tokens: usize,
+    /// Distinct test dialogues generated (batched).
+    pub generate: usize,
+    /// Of those, generated one at a time (the lab's loop).
+    pub generate_one_at_a_time: usize,
+    /// New tokens per summary.
+    pub max_new_tokens: i64,
+}
+
+/// One measured figure set.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figures {
+    /// What was measured.
+    pub what: String,
+    /// Dialogues (or pairs) per second.
+    pub per_s: f64,
+    /// Real tokens per second (training: source + target, no padding; generation: new tokens).
+    pub tokens_per_s: f64,
+    /// Achieved TFLOP/s (training: 6·N·T full, 4·N·T LoRA; else 0).
+    pub tflops: f64,
+    /// Fraction of the card's bf16 peak, when known.
+    pub mfu: Option<f64>,
+    /// Seconds for one epoch of DialogSum's train split at this rate (training only).
+    pub epoch_s: Option<f64>,
+    /// Seconds measured.
+    pub seconds: f64,
+}
+
+/// Everything `sumflow bench` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Device and runtime facts.
+    pub runtime: std::collections::BTreeMap<String, String>,
+    /// The card's bf16 dense peak in TFLOP/s, when known.
+    pub peak_tflops: Option<f64>,
+    /// Parameters of the model.
+    pub parameters: i64,
+    /// The figures.
+    pub figures: Vec<Figures>,
+}
+
+/// The bf16 dense peak of known cards, by name.
+pub fn peak_tflops(gpus: &str) -> Option<f64> {
+    [("H200", 989.0), ("H100", 989.0), ("A100", 312.0), ("L4", 121.0)]
+        .iter()
+        .find(|(n, _)| gpus.contains(n))
+        .map(|(_, p)| *p)
+}
+
+impl BenchReport {
+    /// The report as a table.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "sumflow bench: {} parameters; {}; peak {}\n{:64} {:>10} {:>12} {:>9} {:>7} {:>9}\n",
+            self.parameters,
+            self.runtime.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "),
+            self.peak_tflops.map_or("unknown".into(), |p| format!("{p} TFLOP/s")),
+            "measurement",
+            "per s",
+            "tokens/s",
+            "TFLOP/s",
+            "MFU",
+            "epoch s"
+        );
+        for f in &self.figures {
+            out.push_str(&format!(
+                "{:64} {:>10.2} {:>12.0} {:>9.3} {:>7} {:>9}\n",
+                f.what,
+                f.per_s,
+                f.tokens_per_s,
+                f.tflops,
+                f.mfu.map_or("-".into(), |m| format!("{:.1}%", 100.0 * m)),
+                f.epoch_s.map_or("-".into(), |e| format!("{e:.1}"))
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(feature = "torch")]
+mod imp {
+    use super::*;
+    use std::path::Path;
+    use std::time::Instant;
+    use sumflow_stages::generate::{open, summarize, GenerateOptions};
+    use sumflow_stages::load::read_table;
+    use sumflow_stages::score::{evaluate, ScoreParams};
+    use sumflow_stages::t5::decode::Strategy;
+    use sumflow_stages::t5::device::{DeviceChoice, DtypeChoice};
+    use sumflow_stages::tokenize::{render, tokenize, TokenTable, TokenizeParams, LAB_TEMPLATE};
+    use sumflow_stages::train::{batches, build, train, Method, TrainParams};
+    use sumflow_stages::{InputRef, NoProgress, StageContext};
+
+    fn device(name: &str) -> Result<DeviceChoice, Error> {
+        match name {
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda),
+            "auto" => Ok(DeviceChoice::Auto),
+            other => Err(Error::Usage(format!("--device {other}: use cpu, cuda or auto"))),
+        }
+    }
+
+    fn train_figures(
+        method: Method,
+        o: &BenchOptions,
+        tokens: &TokenTable,
+        peak: Option<f64>,
+        work: &Path,
+    ) -> Result<(Figures, i64), Error> {
+        let lora =
+            if method == Method::Lora { "lora: {r: 32, alpha: 32, dropout: 0.05, targets: [q, v]}\n" } else { "" };
+        let mut p: TrainParams = serde_yaml::from_str(&format!(
+            "train: t\nmodel: {}\ndevice: {}\nmax_steps: {}\nbatch_tokens: {}\ncheckpoint_every: 0\n{lora}",
+            o.model.display(),
+            o.device,
+            o.train_steps,
+            o.batch_tokens
+        ))
+        .map_err(|e| Error::Usage(e.to_string()))?;
+        match method {
+            Method::Full => (p.lr, p.weight_decay) = (Some(1e-5), Some(0.01)),
+            Method::Lora => (p.lr, p.weight_decay) = (Some(1e-3), Some(0.0)),
+        }
+        let b = build(method, &o.model, &p, sumflow_stages::t5::device::device(device(&o.device)?)?)?;
+        let (trainable, total) = b.parameter_report();
+        let ctx = StageContext::new("bench", Default::default(), work.join("out"), work.join("work"), &NoProgress);
+        // The batches the timed steps see: rows and real tokens.
+        let epoch = batches(tokens, p.batch_tokens, p.max_batch_rows, p.seed, 0);
+        let timed: Vec<&Vec<usize>> = epoch.iter().take(o.train_steps as usize).collect();
+        let rows: usize = timed.iter().map(|b| b.len()).sum();
+        let real: usize =
+            timed.iter().flat_map(|b| b.iter()).map(|&r| tokens.input_ids[r].len() + tokens.labels[r].len()).sum();
+        let all: usize = tokens.input_ids.iter().chain(&tokens.labels).map(Vec::len).sum();
+        let t0 = Instant::now();
+        train(&b, tokens, None, &p, &work.join("work"), &ctx)?;
+        let seconds = t0.elapsed().as_secs_f64();
+        let flops_per_token = if method == Method::Full { 6.0 } else { 4.0 }
+            * (total - if method == Method::Lora { trainable } else { 0 }) as f64;
+        let tflops = flops_per_token * real as f64 / seconds / 1e12;
+        let what = match method {
+            Method::Full => "train, full fine-tuning",
+            Method::Lora => "train, LoRA r32 q,v",
+        };
+        let f = Figures {
+            what: format!("{what} ({} steps)", timed.len()),
+            per_s: rows as f64 / seconds,
+            tokens_per_s: real as f64 / seconds,
+            tflops,
+            mfu: peak.map(|p| tflops / p),
+            epoch_s: Some(all as f64 / (real as f64 / seconds)),
+            seconds,
+        };
+        Ok((f, total))
+    }
+
+    /// Runs every measurement.
+    pub fn bench(o: &BenchOptions) -> Result<BenchReport, Error> {
+        let runtime = sumflow_stages::runtime::describe();
+        let peak = runtime.get("gpus").and_then(|g| peak_tflops(g)).filter(|_| o.device != "cpu");
+        let work = tempdir()?;
+        let model = sumflow_stages::tokenizer::load(&o.model.join("tokenizer.json"))?;
+        let train_table = read_table(&o.data.join("train.csv"), None)?;
+        let tp: TokenizeParams = serde_yaml::from_str(&format!("input: x\nmodel: {}\n", o.model.display()))
+            .map_err(|e| Error::Usage(e.to_string()))?;
+        let (tokens, _) = tokenize(&train_table, &model, &tp, "train")?;
+        let mut figures = Vec::new();
+        let (full, parameters) = train_figures(Method::Full, o, &tokens, peak, &work.join("full"))?;
+        figures.push(full);
+        figures.push(train_figures(Method::Lora, o, &tokens, peak, &work.join("lora"))?.0);
+
+        // Generation: distinct test dialogues, batched and one at a time.
+        let test = read_table(&o.data.join("test.csv"), None)?;
+        let mut prompts: Vec<String> =
+            test.column("dialogue", "test")?.iter().map(|d| render(LAB_TEMPLATE, d)).collect();
+        prompts.dedup();
+        let m = open(&o.model, None, device(&o.device)?, DtypeChoice::Auto, false)?;
+        for (label, n, one) in [
+            ("generate, batched", o.generate, false),
+            ("generate, one at a time (lab loop)", o.generate_one_at_a_time, true),
+        ] {
+            let n = n.min(prompts.len());
+            if n == 0 {
+                continue;
+            }
+            let g = GenerateOptions {
+                max_source_tokens: 512,
+                max_new_tokens: o.max_new_tokens,
+                decoding: Strategy::Greedy,
+                batch_tokens: 65536,
+                one_at_a_time: one,
+            };
+            let r = summarize(&m, &prompts[..n], &g, &NoProgress)?;
+            figures.push(Figures {
+                what: format!("{label} ({n} dialogues, ≤{} new tokens)", o.max_new_tokens),
+                per_s: r.distinct as f64 / r.seconds,
+                tokens_per_s: r.new_tokens as f64 / r.seconds,
+                tflops: 0.0,
+                mfu: None,
+                epoch_s: None,
+                seconds: r.seconds,
+            });
+        }
+
+        // Scoring: the lab's 4,500 pairs.
+        let table = read_table(&o.results, None)?;
+        let models: Vec<String> =
+            ["original_model_summaries", "instruct_model_summaries", "peft_model_summaries"].map(String::from).to_vec();
+        let p = ScoreParams::new(
+            InputRef { stage: "results".into(), output: None },
+            "human_baseline_summaries".into(),
+            models,
+            None,
+        );
+        let t0 = Instant::now();
+        let (report, _) = evaluate(&table, "results", &p)?;
+        let seconds = t0.elapsed().as_secs_f64();
+        let pairs = report.protocol.pairs * report.models.len();
+        figures.push(Figures {
+            what: format!("score, ROUGE ({pairs} pairs)"),
+            per_s: pairs as f64 / seconds,
+            tokens_per_s: 0.0,
+            tflops: 0.0,
+            mfu: None,
+            epoch_s: None,
+            seconds,
+        });
+        let _ = std::fs::remove_dir_all(&work);
+        Ok(BenchReport { runtime, peak_tflops: peak, parameters, figures })
+    }
+
+    fn tempdir() -> Result<PathBuf, Error> {
+        let dir = std::env::temp_dir().join(format!("sumflow-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        Ok(dir)
+    }
+}
+
+#[cfg(feature = "torch")]
+pub use imp::bench;
+
+/// Needs libtorch.
+#[cfg(not(feature = "torch"))]
+pub fn bench(_: &BenchOptions) -> Result<BenchReport, Error> {
+    Err(Error::Usage("`sumflow bench` needs libtorch: build with `--features torch` (`make build`)".into()))
+}

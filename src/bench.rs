@@ -9,26 +9,35 @@ use serde::Serialize;
 
 use crate::error::Error;
 
-/// What to measure.
-#[derive(Debug, Clone)]
+/// What to measure (the flags of `sumflow bench`).
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchOptions {
-    /// A model folder (random-init or real).
+    /// A model folder (e.g. `sumflow make-model --arch flan-t5-base ...`).
+    #[arg(long)]
     pub model: PathBuf,
     /// DialogSum folder (train/test CSVs).
+    #[arg(long, default_value = "../shared/data/dialogsum")]
     pub data: PathBuf,
-    /// The lab's precomputed results file, for scoring.
+    /// The lab's precomputed results file, for the scoring figure.
+    #[arg(long, default_value = "../shared/data/lab-results/dialogue-summary-training-results.csv")]
     pub results: PathBuf,
     /// `cpu`, `cuda` or `auto`.
+    #[arg(long, default_value = "auto")]
     pub device: String,
     /// Training steps timed per method.
+    #[arg(long, default_value_t = 20)]
     pub train_steps: u64,
     /// Tokens per training batch.
+    #[arg(long, default_value_t = 16384)]
     pub batch_tokens: usize,
-    /// Distinct test dialogues generated (batched).
+    /// Distinct test dialogues generated in batches.
+    #[arg(long, default_value_t = 500)]
     pub generate: usize,
     /// Of those, generated one at a time (the lab's loop).
+    #[arg(long, default_value_t = 20)]
     pub generate_one_at_a_time: usize,
     /// New tokens per summary.
+    #[arg(long, default_value_t = 40)]
     pub max_new_tokens: i64,
 }
 

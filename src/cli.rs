@@ -111,33 +111,8 @@ enum Command {
     Stages,
     /// Measure training, generation and scoring speed on this machine (see benchmarks/).
     Bench {
-        /// A model folder (e.g. `sumflow make-model --arch flan-t5-base ...`).
-        #[arg(long)]
-        model: PathBuf,
-        /// DialogSum folder.
-        #[arg(long, default_value = "../shared/data/dialogsum")]
-        data: PathBuf,
-        /// The lab's results file (scored for the ROUGE figure).
-        #[arg(long, default_value = "../shared/data/lab-results/dialogue-summary-training-results.csv")]
-        results: PathBuf,
-        /// cpu, cuda or auto.
-        #[arg(long, default_value = "auto")]
-        device: String,
-        /// Training steps timed per method.
-        #[arg(long, default_value_t = 20)]
-        train_steps: u64,
-        /// Tokens per training batch.
-        #[arg(long, default_value_t = 16384)]
-        batch_tokens: usize,
-        /// Distinct test dialogues generated in batches.
-        #[arg(long, default_value_t = 500)]
-        generate: usize,
-        /// Distinct test dialogues generated one at a time (the lab's loop).
-        #[arg(long, default_value_t = 20)]
-        generate_one_at_a_time: usize,
-        /// New tokens per summary.
-        #[arg(long, default_value_t = 40)]
-        max_new_tokens: i64,
+        #[command(flatten)]
+        options: crate::bench::BenchOptions,
         /// Also write the figures as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -397,30 +372,8 @@ pub fn main(cli: Cli) -> Result<ExitCode, Error> {
             println!("{}", summary[0]);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench {
-            model,
-            data,
-            results,
-            device,
-            train_steps,
-            batch_tokens,
-            generate,
-            generate_one_at_a_time,
-            max_new_tokens,
-            json,
-        } => {
-            let o = crate::bench::BenchOptions {
-                model,
-                data,
-                results,
-                device,
-                train_steps,
-                batch_tokens,
-                generate,
-                generate_one_at_a_time,
-                max_new_tokens,
-            };
-            let report = crate::bench::bench(&o)?;
+        Command::Bench { options, json } => {
+            let report = crate::bench::bench(&options)?;
             print!("{}", report.render());
             if let Some(path) = json {
                 let text = serde_json::to_vec_pretty(&report).expect("reports serialize");

@@ -1,6 +1,7 @@
-"""Prints the generation benchmark: sumflow's figures from a run manifest, and Python
-transformers' `generate` one dialogue at a time (the lab's loop) on the same model and rows,
-measured now, on the same machine.
+"""Prints the generation benchmark: sumflow's figures for every `generate` stage of a run
+manifest, and Python transformers' `generate` one dialogue at a time (the lab's loop) on the
+same model, measured now, on the same machine, on every EVERY-th test row (a sample when the lab
+loop would take too long; the figures are rates, so the ratios still compare like with like).
 
 usage: bench_generate.py MANIFEST MODEL_DIR TEST_CSV EVERY MAX_NEW_TOKENS
 """
@@ -33,17 +34,18 @@ def main():
             new += out.shape[1] - 1
     python_s = time.perf_counter() - t0
 
-    lab, batched = stages["lab-loop"]["stats"], stages["batched"]["stats"]
-    print(f"generation, {len(dialogues)} dialogues x {max_new} new tokens, CPU ({platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()})")
-    print(f"{'path':44} {'dialogues/s':>12} {'new tok/s':>10} {'vs lab loop (Python)':>21}")
+    print(f"generation, {max_new} new tokens per summary, CPU ({platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()})")
+    print(f"{'path':52} {'dialogues':>9} {'seconds':>8} {'dialogues/s':>12} {'new tok/s':>10} {'vs lab loop':>12}")
     py_rate = len(dialogues) / python_s
-    for name, rate, toks in [
-        ("Python transformers, one at a time (lab)", py_rate, new / python_s),
-        ("sumflow generate, one at a time", lab["dialogues_per_s"], lab["new_tokens_per_s"]),
-        ("sumflow generate, batched", batched["dialogues_per_s"], batched["new_tokens_per_s"]),
-    ]:
-        print(f"{name:44} {rate:12.2f} {toks:10.0f} {rate / py_rate:20.2f}x")
-    print(f"batched vs sumflow one at a time: {batched['dialogues_per_s'] / lab['dialogues_per_s']:.2f}x")
+    print(f"{'Python transformers, one at a time (lab, fp32)':52} {len(dialogues):9d} {python_s:8.1f} {py_rate:12.2f} {new / python_s:10.0f} {1:11.2f}x")
+    for sid, s in stages.items():
+        if s["kind"] != "generate" or "stats" not in s:
+            continue
+        st, p = s["stats"], s.get("params", {})
+        mode = "one at a time" if p.get("one_at_a_time") else "batched"
+        name = f"sumflow {sid} ({mode}, {p.get('dtype', 'auto')})"
+        rate = st["dialogues_per_s"]
+        print(f"{name:52} {int(st['dialogues']):9d} {st['seconds']:8.1f} {rate:12.2f} {st['new_tokens_per_s']:10.0f} {rate / py_rate:11.2f}x")
 
 
 if __name__ == "__main__":

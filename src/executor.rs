@@ -9,10 +9,11 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use sumflow_stages::{Progress, Resource, StageContext, StageError};
+use sumflow_stages::{Progress, Resource, StageContext, StageError, StageRecord};
 
 use crate::cache::{Cache, CacheLock, Entry};
 use crate::error::Error;
+use crate::memory;
 use crate::pipeline::Pipeline;
 use crate::plan::{self, Selection, StagePlan, Status};
 
@@ -165,15 +166,20 @@ pub fn run(p: &Pipeline, cache: &Cache, opts: &RunOptions, reporter: &dyn Report
                         (b.field.clone(), (cache.artifact(&entry.outputs[&b.output].digest), b.kind))
                     })
                     .collect();
+                let upstream = upstream(p, i, &runs);
                 started[i] = true;
                 running += 1;
                 gpu_running += usize::from(gpu);
+                // A stage that starts alone gets a peak-memory mark of its own.
+                if running == 1 {
+                    memory::reset_peak();
+                }
                 reporter.event(p, Event::Started(i));
                 let tx = tx.clone();
                 let plan = &plans[i];
                 scope.spawn(move || {
                     let t0 = Instant::now();
-                    let result = run_stage(p, i, plan, inputs, cache, reporter);
+                    let result = run_stage(p, i, plan, inputs, upstream, cache, reporter);
                     let _ = tx.send((i, result, t0.elapsed()));
                 });
             }
@@ -208,12 +214,38 @@ pub fn run(p: &Pipeline, cache: &Cache, opts: &RunOptions, reporter: &dyn Report
     Ok(runs)
 }
 
+/// How the stages upstream of stage `i` (its inputs, theirs, …) went, in pipeline order.
+fn upstream(p: &Pipeline, i: usize, runs: &[Option<StageRun>]) -> Vec<StageRecord> {
+    let mut seen = vec![false; p.stages.len()];
+    let mut stack: Vec<usize> = p.stages[i].inputs.iter().map(|b| b.stage).collect();
+    while let Some(j) = stack.pop() {
+        if !std::mem::replace(&mut seen[j], true) {
+            stack.extend(p.stages[j].inputs.iter().map(|b| b.stage));
+        }
+    }
+    (0..p.stages.len())
+        .filter(|&j| seen[j])
+        .filter_map(|j| {
+            let run = runs[j].as_ref()?;
+            let entry = run.entry.as_ref()?;
+            Some(StageRecord {
+                id: entry.stage.clone(),
+                kind: entry.kind.clone(),
+                cached: run.outcome == Outcome::Hit,
+                seconds: entry.duration_s,
+                stats: entry.stats.clone(),
+            })
+        })
+        .collect()
+}
+
 /// Runs one stage into a scratch folder and commits its outputs; a panic becomes an error.
 fn run_stage(
     p: &Pipeline,
     i: usize,
     plan: &StagePlan,
     inputs: BTreeMap<String, (PathBuf, sumflow_stages::ArtifactKind)>,
+    upstream: Vec<StageRecord>,
     cache: &Cache,
     reporter: &dyn Reporter,
 ) -> Result<Entry, StageError> {
@@ -221,7 +253,8 @@ fn run_stage(
     let internal = |e: Error| StageError::Internal(e.to_string());
     let scratch = cache.scratch(&plan.key).map_err(internal)?;
     let progress = reporter.progress(p, i);
-    let ctx = StageContext::new(&node.id, inputs, scratch.clone(), cache.work_dir(&plan.key), progress.as_ref());
+    let ctx = StageContext::new(&node.id, inputs, scratch.clone(), cache.work_dir(&plan.key), progress.as_ref())
+        .with_upstream(upstream);
     let t0 = Instant::now();
     let result = catch_unwind(AssertUnwindSafe(|| node.stage.run(&node.params, &ctx))).unwrap_or_else(|panic| {
         let msg =
@@ -231,6 +264,9 @@ fn run_stage(
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&scratch);
         return Err(e);
+    }
+    if let Some(mb) = memory::peak_mb() {
+        ctx.record("peak_rss_mb", mb);
     }
     let entry = Entry {
         key: plan.key.clone(),

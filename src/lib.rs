@@ -13,6 +13,7 @@ pub mod error;
 pub mod executor;
 pub mod graph;
 pub mod manifest;
+pub mod memory;
 pub mod models;
 pub mod pipeline;
 pub mod plan;

@@ -221,6 +221,28 @@ fn the_lab_pipeline_runs_offline_end_to_end() {
     let mut ran = ran;
     ran.sort();
     assert_eq!(ran, ["lora", "peft", "peft-vs-full", "report", "results", "scores"], "{}", third.stderr);
+
+    // The new report tells, stage by stage, what ran now and what came from the cache, with the
+    // time and peak memory of the run that made each; and it plots ROUGE-1 by topic.
+    let html = third.stdout.lines().find_map(|l| l.strip_prefix("report: ")).expect("the report's path");
+    let dir = Path::new(html).parent().unwrap();
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    let row = |id: &str| {
+        md.lines().find(|l| l.starts_with(&format!("| {id} |"))).unwrap_or_else(|| panic!("no row for {id}:\n{md}"))
+    };
+    assert!(md.contains("## Stages"), "{md}");
+    for (id, how) in [("full", "cached"), ("instruct", "cached"), ("lora", "ran"), ("peft", "ran")] {
+        let cells: Vec<&str> = row(id).split('|').map(str::trim).collect();
+        assert_eq!(cells[3], how, "{}", row(id));
+        let seconds: f64 = cells[4].trim_end_matches(" s").parse().unwrap();
+        assert!(seconds > 0.0, "{}", row(id));
+        let mb: f64 = cells[5].trim_end_matches(" MB").parse().unwrap_or_else(|_| panic!("{}", row(id)));
+        assert!(mb > 10.0, "a training or generation stage holds a model: {}", row(id));
+    }
+    // Upstream of the report: load, 3 subsamples, 2 tokenizes, 2 trainings, 3 generates, the join.
+    assert!(md.contains("12 stages upstream: 3 ran in this run"), "{md}");
+    let topics = std::fs::read_to_string(dir.join("topics.svg")).unwrap();
+    assert!(topics.contains("<svg") && topics.contains("ROUGE-1 by topic"), "{topics}");
 }
 
 #[test]

@@ -260,7 +260,8 @@ pub struct Generate;
 impl Stage for Generate {
     type Params = GenerateParams;
     const KIND: &'static str = "generate";
-    const VERSION: u32 = 1;
+    // 2: explicit attention on the CPU, chunked encoder (same results within float rounding).
+    const VERSION: u32 = 2;
     const ABOUT: &'static str = "summaries for every row: batched, length-sorted, duplicates generated once";
 
     fn inputs(&self, p: &GenerateParams) -> Vec<InputSlot> {

@@ -36,5 +36,5 @@ pub use error::StageError;
 pub use registry::{DynStage, Params, Registry};
 pub use stage::{
     ArtifactKind, FileInput, InputRef, InputSlot, NoProgress, OutputDecl, ParamError, Progress, Resource, Stage,
-    StageContext,
+    StageContext, StageRecord,
 };

@@ -1,6 +1,12 @@
 //! AdamW with decoupled weight decay, written out (the update of `torch.optim.AdamW`) so its
 //! moments are plain tensors that checkpoints save and resumes restore exactly; and global
 //! gradient-norm clipping as `torch.nn.utils.clip_grad_norm_` does it.
+//!
+//! The update is "multi-tensor": the trainable parameters become views into one flat buffer, and
+//! each step gathers the gradients into one flat tensor, so clipping and the update are a dozen
+//! whole-buffer operations instead of a dozen per parameter (flan-t5-base has 282 parameter
+//! tensors: ≈ 3,400 kernel launches per step on a GPU otherwise). tch 0.24 does not bind
+//! libtorch's `_fused_adamw_`, which would fold these into one kernel.
 
 use std::collections::BTreeMap;
 
@@ -8,9 +14,15 @@ use tch::{Kind, Tensor};
 
 /// AdamW over named parameters.
 pub struct AdamW {
-    params: Vec<(String, Tensor)>,
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
+    /// Name, shape and offset in the flat buffers of each parameter.
+    layout: Vec<(String, Vec<i64>, i64)>,
+    /// The parameters, each a view into `flat`.
+    params: Vec<Tensor>,
+    flat: Tensor,
+    m: Tensor,
+    v: Tensor,
+    /// The gathered (and clipped) gradients of the current step.
+    grads: Option<Tensor>,
     /// Updates taken so far.
     pub step: i64,
     beta1: f64,
@@ -20,13 +32,64 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    /// An optimizer over `params` (PyTorch's defaults: betas 0.9, 0.999; eps 1e-8).
+    /// An optimizer over `params` (PyTorch's defaults: betas 0.9, 0.999; eps 1e-8). The
+    /// parameters (one kind, one device) are moved into a flat buffer they then view.
     pub fn new(params: BTreeMap<String, Tensor>, weight_decay: f64) -> Self {
-        let params: Vec<(String, Tensor)> = params.into_iter().collect();
-        let zeros = |p: &Tensor| p.zeros_like().to_kind(Kind::Float);
-        let m = params.iter().map(|(_, p)| zeros(p)).collect();
-        let v = params.iter().map(|(_, p)| zeros(p)).collect();
-        AdamW { params, m, v, step: 0, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay }
+        let first = params.values().next();
+        let (kind, device) = first.map_or((Kind::Float, tch::Device::Cpu), |p| (p.kind(), p.device()));
+        let total: i64 = params.values().map(|p| p.numel() as i64).sum();
+        let flat = Tensor::zeros([total], (kind, device));
+        let mut layout = Vec::new();
+        let mut views = Vec::new();
+        let mut offset = 0;
+        tch::no_grad(|| {
+            for (name, mut p) in params {
+                assert_eq!((p.kind(), p.device()), (kind, device), "`{name}`: one kind and device for all parameters");
+                let n = p.numel() as i64;
+                let view = flat.narrow(0, offset, n).view(p.size().as_slice());
+                view.shallow_clone().copy_(&p);
+                p.set_data(&view);
+                layout.push((name, p.size(), offset));
+                views.push(p);
+                offset += n;
+            }
+        });
+        let zeros = || Tensor::zeros([total], (Kind::Float, device));
+        AdamW {
+            layout,
+            params: views,
+            flat,
+            m: zeros(),
+            v: zeros(),
+            grads: None,
+            step: 0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+        }
+    }
+
+    /// The gradients as one flat fp32 tensor (zeros where a parameter got none), gathered once
+    /// per step.
+    fn grads(&mut self) -> &Tensor {
+        let params = &self.params;
+        self.grads.get_or_insert_with(|| {
+            tch::no_grad(|| {
+                let parts: Vec<Tensor> = params
+                    .iter()
+                    .map(|p| {
+                        let g = p.grad();
+                        if g.defined() {
+                            g.reshape([-1])
+                        } else {
+                            Tensor::zeros([p.numel() as i64], (p.kind(), p.device()))
+                        }
+                    })
+                    .collect();
+                Tensor::cat(&parts, 0).to_kind(Kind::Float)
+            })
+        })
     }
 
     /// One update at learning rate `lr` from the parameters' gradients.
@@ -34,43 +97,34 @@ impl AdamW {
         self.step += 1;
         let bc1 = 1.0 - self.beta1.powi(self.step as i32);
         let bc2 = 1.0 - self.beta2.powi(self.step as i32);
+        let (beta1, beta2, eps, wd) = (self.beta1, self.beta2, self.eps, self.weight_decay);
+        let g = self.grads().shallow_clone();
         tch::no_grad(|| {
-            for ((_, p), (m, v)) in self.params.iter().zip(self.m.iter_mut().zip(self.v.iter_mut())) {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
-                let g = g.to_kind(Kind::Float);
-                *m = &*m + (&g - &*m) * (1.0 - self.beta1);
-                *v = &*v * self.beta2 + &g * &g * (1.0 - self.beta2);
-                let denom = v.sqrt() / bc2.sqrt() + self.eps;
-                let updated = p.to_kind(Kind::Float) * (1.0 - lr * self.weight_decay) - &*m / denom * (lr / bc1);
-                p.shallow_clone().copy_(&updated.to_kind(p.kind()));
-            }
+            self.m = &self.m + (&g - &self.m) * (1.0 - beta1);
+            self.v = &self.v * beta2 + &g * &g * (1.0 - beta2);
+            let denom = self.v.sqrt() / bc2.sqrt() + eps;
+            let updated = self.flat.to_kind(Kind::Float) * (1.0 - lr * wd) - &self.m / denom * (lr / bc1);
+            self.flat.copy_(&updated.to_kind(self.flat.kind()));
         });
+        self.grads = None;
     }
 
     /// Clears the gradients.
     pub fn zero_grad(&mut self) {
-        for (_, p) in &mut self.params {
+        for p in &mut self.params {
             p.zero_grad();
         }
+        self.grads = None;
     }
 
     /// Scales gradients so their global 2-norm is at most `max_norm`; returns the norm before.
-    pub fn clip_grad_norm(&self, max_norm: f64) -> f64 {
+    pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
+        let g = self.grads().shallow_clone();
         tch::no_grad(|| {
-            let grads: Vec<Tensor> = self.params.iter().map(|(_, p)| p.grad()).filter(Tensor::defined).collect();
-            if grads.is_empty() {
-                return 0.0;
-            }
-            let norms: Vec<Tensor> = grads.iter().map(|g| g.to_kind(Kind::Float).norm()).collect();
-            let total = Tensor::stack(&norms, 0).norm();
+            let total = g.norm();
             if max_norm > 0.0 {
                 let coef = (max_norm / (&total + 1e-6)).clamp_max(1.0);
-                for g in &grads {
-                    let _ = g.shallow_clone().g_mul_(&coef.to_kind(g.kind()));
-                }
+                let _ = g.shallow_clone().g_mul_(&coef);
             }
             total.double_value(&[])
         })
@@ -79,20 +133,29 @@ impl AdamW {
     /// The moments, named `m.<param>` and `v.<param>`, for a checkpoint.
     pub fn state(&self) -> BTreeMap<String, Tensor> {
         let mut out = BTreeMap::new();
-        for ((name, _), (m, v)) in self.params.iter().zip(self.m.iter().zip(&self.v)) {
-            out.insert(format!("m.{name}"), m.shallow_clone());
-            out.insert(format!("v.{name}"), v.shallow_clone());
+        for (name, shape, offset) in &self.layout {
+            let n: i64 = shape.iter().product();
+            out.insert(format!("m.{name}"), self.m.narrow(0, *offset, n).view(shape.as_slice()));
+            out.insert(format!("v.{name}"), self.v.narrow(0, *offset, n).view(shape.as_slice()));
         }
         out
     }
 
     /// Restores moments saved by [`AdamW::state`] after `step` updates.
     pub fn restore(&mut self, state: &BTreeMap<String, Tensor>, step: i64) -> Result<(), String> {
-        for (i, (name, p)) in self.params.iter().enumerate() {
-            let get = |k: String| state.get(&k).map(|t| t.to_device(p.device())).ok_or(format!("checkpoint lacks {k}"));
-            self.m[i] = get(format!("m.{name}"))?;
-            self.v[i] = get(format!("v.{name}"))?;
-        }
+        tch::no_grad(|| {
+            for (name, shape, offset) in &self.layout {
+                let n: i64 = shape.iter().product();
+                for (flat, key) in [(&self.m, format!("m.{name}")), (&self.v, format!("v.{name}"))] {
+                    let saved = state.get(&key).ok_or(format!("checkpoint lacks {key}"))?;
+                    if saved.size() != *shape {
+                        return Err(format!("{key} has shape {:?}, the parameter {:?}", saved.size(), shape));
+                    }
+                    flat.narrow(0, *offset, n).copy_(&saved.reshape([-1]));
+                }
+            }
+            Ok(())
+        })?;
         self.step = step;
         Ok(())
     }
@@ -120,6 +183,51 @@ mod tests {
         assert_eq!(linear_schedule(60, 10, 110, 1.0), 0.5);
         assert_eq!(linear_schedule(110, 10, 110, 1.0), 0.0);
         assert_eq!(linear_schedule(0, 0, 4, 2.0), 2.0);
+    }
+
+    /// The flat update equals libtorch's own (per-tensor) AdamW and clipping, step after step,
+    /// and the model's variables see it (they are views into the flat buffer).
+    #[test]
+    fn the_flat_update_matches_libtorchs_adamw_over_several_tensors() {
+        use tch::nn::{self, OptimizerConfig};
+        let make = || {
+            tch::manual_seed(3);
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let a = vs.root().randn("a", &[2, 3], 0.0, 1.0);
+            let b = vs.root().randn("b", &[4], 0.0, 1.0);
+            (vs, a, b)
+        };
+        let loss = |a: &Tensor, b: &Tensor| (a * a).sum(Kind::Float) * 3.0 + b.sin().sum(Kind::Float);
+        let (ours_vs, a1, b1) = make();
+        let (theirs_vs, a2, b2) = make();
+        let mut ours = AdamW::new(ours_vs.variables().into_iter().collect(), 0.05);
+        let mut theirs = nn::AdamW { wd: 0.05, ..Default::default() }.build(&theirs_vs, 0.1).unwrap();
+        for step in 0..4 {
+            let lr = 0.1 / (step + 1) as f64;
+            loss(&a1, &b1).backward();
+            let norm = ours.clip_grad_norm(0.5);
+            ours.update(lr);
+            ours.zero_grad();
+            theirs.set_lr(lr);
+            theirs.zero_grad();
+            loss(&a2, &b2).backward();
+            theirs.clip_grad_norm(0.5);
+            theirs.step();
+            assert!(norm > 0.5, "clipping is exercised");
+            for (x, y) in [(&a1, &a2), (&b1, &b2)] {
+                let d = (x - y).abs().max().double_value(&[]);
+                assert!(d < 1e-6, "step {step}: {d}");
+            }
+        }
+        // The variable store holds the updated values, and the moments round-trip.
+        let stored = ours_vs.variables()["a"].shallow_clone();
+        assert_eq!((stored - &a1).abs().max().double_value(&[]), 0.0);
+        let state = ours.state();
+        let mut again = AdamW::new(ours_vs.variables().into_iter().collect(), 0.05);
+        again.restore(&state, ours.step).unwrap();
+        for (k, t) in again.state() {
+            assert_eq!((t - &state[&k]).abs().max().double_value(&[]), 0.0, "{k}");
+        }
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! layout) and the training artifacts it writes `results.csv` (which `sumflow score` reads),
 //! `report.md` and a self-contained `report.html`: ROUGE with confidence intervals, the lab's
 //! "absolute percentage improvement" tables (each model vs the original, PEFT vs full), the
-//! parameter table with artifact sizes, plots (plotters, SVG: ROUGE bars with CI, training loss
-//! curves, summary lengths against the references, ROUGE-1 by topic) and side-by-side examples.
+//! parameter table with artifact sizes, time and peak memory of every stage upstream (from this
+//! run, or from the run that made a cached stage's outputs), plots (plotters, SVG: ROUGE bars
+//! with CI, training loss curves, summary lengths against the references, ROUGE-1 by topic) and
+//! side-by-side examples.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -16,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::StageError;
 use crate::rouge::RougeType;
 use crate::score::{evaluate, ScoreParams, ScoreReport};
-use crate::stage::{ArtifactKind, InputRef, InputSlot, OutputDecl, ParamError, Stage, StageContext};
+use crate::stage::{ArtifactKind, InputRef, InputSlot, OutputDecl, ParamError, Stage, StageContext, StageRecord};
 use crate::table::Table;
 
 /// Params of `report`.
@@ -242,6 +244,102 @@ fn length_plot(columns: &[(String, Vec<usize>)]) -> Result<String, StageError> {
     Ok(svg)
 }
 
+/// Mean ROUGE-1 per topic (rows) and model (bars), most frequent topics first.
+fn topic_plot(topics: &[(String, Vec<f64>)], models: &[String]) -> Result<String, StageError> {
+    let mut svg = String::new();
+    {
+        let height = 80 + 28 * topics.len() as u32;
+        let root = SVGBackend::with_string(&mut svg, (720, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let top = topics.iter().flat_map(|t| t.1.iter().copied()).fold(0.0, f64::max).max(0.01) * 1.3;
+        let n = models.len() as f64;
+        let mut chart = ChartBuilder::on(&root)
+            .caption("ROUGE-1 by topic (most frequent topics)", ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(30)
+            .y_label_area_size(150)
+            .build_cartesian_2d(0.0..top, 0.0..topics.len() as f64)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(topics.len() * 2 + 1)
+            .y_label_formatter(&|y| {
+                // Row k spans [k, k+1) from the top.
+                let k = topics.len() as f64 - y;
+                topics.get(k.floor() as usize).filter(|_| k.fract() > 0.4).map_or(String::new(), |t| t.0.clone())
+            })
+            .draw()
+            .map_err(plot_err)?;
+        for (mi, model) in models.iter().enumerate() {
+            let color = COLORS[mi % COLORS.len()];
+            let bars = topics.iter().enumerate().map(|(k, (_, means))| {
+                let y0 = (topics.len() - 1 - k) as f64 + 0.1 + 0.8 * (n - 1.0 - mi as f64) / n;
+                Rectangle::new([(0.0, y0), (means[mi], y0 + 0.8 / n * 0.9)], color.filled())
+            });
+            chart
+                .draw_series(bars)
+                .map_err(plot_err)?
+                .label(model.replace("_summaries", ""))
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot_err)?;
+        root.present().map_err(plot_err)?;
+    }
+    Ok(svg)
+}
+
+/// Time and peak memory of the stages upstream of the report.
+fn stage_grid(upstream: &[StageRecord]) -> Grid {
+    Grid {
+        header: ["stage", "kind", "this run", "time", "peak memory (process)", "figures"].map(String::from).to_vec(),
+        rows: upstream
+            .iter()
+            .map(|r| {
+                let figures: Vec<String> = ["steps", "final_loss", "mean_tokens_per_s", "dialogues_per_s"]
+                    .iter()
+                    .filter_map(|k| r.stats.get(*k).map(|v| format!("{} {}", k.replace('_', " "), round(*v))))
+                    .collect();
+                vec![
+                    r.id.clone(),
+                    r.kind.clone(),
+                    if r.cached { "cached" } else { "ran" }.into(),
+                    format!("{:.2} s", r.seconds),
+                    r.stats.get("peak_rss_mb").map_or("–".into(), |mb| format!("{mb:.0} MB")),
+                    figures.join(", "),
+                ]
+            })
+            .collect(),
+    }
+}
+
+fn round(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// One line on the stages' time: what this run spent, and what a run from nothing costs.
+fn stage_summary(upstream: &[StageRecord]) -> String {
+    let ran: Vec<&StageRecord> = upstream.iter().filter(|r| !r.cached).collect();
+    format!(
+        "{} stages upstream: {} ran in this run ({:.2} s of stage time), {} came from the cache. All of them, run from nothing one after another: {:.2} s.",
+        upstream.len(),
+        ran.len(),
+        ran.iter().map(|r| r.seconds).sum::<f64>(),
+        upstream.len() - ran.len(),
+        upstream.iter().map(|r| r.seconds).sum::<f64>(),
+    )
+}
+
 fn words(s: &str) -> usize {
     s.split_whitespace().count()
 }
@@ -308,6 +406,7 @@ fn write_report(
     p: &ReportParams,
     table: &Table,
     trained: &[Trained],
+    upstream: &[StageRecord],
     source: &str,
     out: &Path,
 ) -> Result<(), StageError> {
@@ -347,6 +446,30 @@ fn write_report(
         .map(|c| Ok((c.clone(), table.column(c, source)?.iter().map(|s| words(s)).collect())))
         .collect::<Result<_, StageError>>()?;
     plots.push(("lengths.svg", length_plot(&lengths)?));
+    // ROUGE-1 by topic, for the most frequent topics.
+    let topics = table.names().iter().any(|n| n == "topic").then(|| table.column("topic", source)).transpose()?;
+    let by_topic: Vec<(String, usize, Vec<f64>)> = topics.map_or_else(Vec::new, |topics| {
+        let mut by: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (row, t) in topics.iter().enumerate() {
+            by.entry(t.as_str()).or_default().push(row);
+        }
+        let mut frequent: Vec<(&str, Vec<usize>)> = by.into_iter().collect();
+        frequent.sort_by_key(|(t, rows)| (std::cmp::Reverse(rows.len()), *t));
+        frequent.truncate(10);
+        frequent
+            .iter()
+            .map(|(t, rows)| {
+                let means = (0..p.models.len())
+                    .map(|m| rows.iter().map(|&i| per.f[m][0][i]).sum::<f64>() / rows.len() as f64)
+                    .collect();
+                (t.to_string(), rows.len(), means)
+            })
+            .collect()
+    });
+    if !by_topic.is_empty() {
+        let series: Vec<(String, Vec<f64>)> = by_topic.iter().map(|(t, _, m)| (t.clone(), m.clone())).collect();
+        plots.push(("topics.svg", topic_plot(&series, &p.models)?));
+    }
     for (name, svg) in &plots {
         std::fs::write(out.join(name), svg).map_err(|e| StageError::io(&out.join(name), e))?;
     }
@@ -369,29 +492,16 @@ fn write_report(
             })
             .collect(),
     };
-    // ROUGE-1 by topic, for the most frequent topics.
-    let topics = table.names().iter().any(|n| n == "topic").then(|| table.column("topic", source)).transpose()?;
-    let topic_grid = topics.map(|topics| {
-        let mut by: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for (row, t) in topics.iter().enumerate() {
-            by.entry(t.as_str()).or_default().push(row);
-        }
-        let mut frequent: Vec<(&str, Vec<usize>)> = by.into_iter().collect();
-        frequent.sort_by_key(|(t, rows)| (std::cmp::Reverse(rows.len()), *t));
-        frequent.truncate(10);
-        Grid {
-            header: ["topic", "rows"].iter().map(|s| s.to_string()).chain(p.models.iter().cloned()).collect(),
-            rows: frequent
-                .iter()
-                .map(|(t, rows)| {
-                    let mut r = vec![t.to_string(), rows.len().to_string()];
-                    r.extend((0..p.models.len()).map(|m| {
-                        format!("{:.3}", rows.iter().map(|&i| per.f[m][0][i]).sum::<f64>() / rows.len() as f64)
-                    }));
-                    r
-                })
-                .collect(),
-        }
+    let topic_grid = (!by_topic.is_empty()).then(|| Grid {
+        header: ["topic", "rows"].iter().map(|s| s.to_string()).chain(p.models.iter().cloned()).collect(),
+        rows: by_topic
+            .iter()
+            .map(|(t, rows, means)| {
+                let mut r = vec![t.clone(), rows.to_string()];
+                r.extend(means.iter().map(|m| format!("{m:.3}")));
+                r
+            })
+            .collect(),
     });
     let ids = table.column("id", source).ok();
     let example_rows: Vec<usize> =
@@ -424,6 +534,9 @@ fn write_report(
     }
     if let Some(g) = &topic_grid {
         let _ = write!(md, "\n## ROUGE-1 by topic (most frequent topics)\n\n{}", g.markdown());
+    }
+    if !upstream.is_empty() {
+        let _ = write!(md, "\n## Stages\n\n{}\n\n{}", stage_summary(upstream), stage_grid(upstream).markdown());
     }
     md += "\n## Plots\n\n";
     for (name, _) in &plots {
@@ -458,6 +571,14 @@ fn write_report(
     if let Some(g) = &topic_grid {
         let _ = write!(html, "<h2>ROUGE-1 by topic</h2>{}", g.html());
     }
+    if !upstream.is_empty() {
+        let _ = write!(
+            html,
+            "<h2>Stages</h2><p>{}</p>{}",
+            html_escape(&stage_summary(upstream)),
+            stage_grid(upstream).html()
+        );
+    }
     html.push_str("<h2>Examples</h2>");
     for (title, g) in &examples {
         let (id, dialogue) = title.split_once("\n\n").unwrap_or((title, ""));
@@ -474,7 +595,8 @@ pub struct Report;
 impl Stage for Report {
     type Params = ReportParams;
     const KIND: &'static str = "report";
-    const VERSION: u32 = 1;
+    // 2: the stage table and the topic plot.
+    const VERSION: u32 = 2;
     const ABOUT: &'static str = "results.csv, report.md and a self-contained report.html with tables and plots";
 
     fn inputs(&self, p: &ReportParams) -> Vec<InputSlot> {
@@ -509,7 +631,11 @@ impl Stage for Report {
             .keys()
             .map(|label| read_trained(label, ctx.input(&format!("training/{label}"))?))
             .collect::<Result<_, _>>()?;
-        write_report(p, &table, &trained, &format!("input {}", p.input), &ctx.output_dir("report")?)
+        write_report(p, &table, &trained, ctx.upstream(), &format!("input {}", p.input), &ctx.output_dir("report")?)
+    }
+    /// The stage table's times and memory differ from run to run; the rest is reproducible.
+    fn volatile_files(&self) -> &'static [&'static str] {
+        &["report.md", "report.html"]
     }
     fn summary(&self, _: &ReportParams, outputs: &BTreeMap<String, PathBuf>) -> Option<String> {
         Some(format!("{}", outputs.get("report")?.join("report.html").display()))

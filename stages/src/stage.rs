@@ -166,6 +166,23 @@ impl Progress for NoProgress {
     fn message(&self, _: &str) {}
 }
 
+/// How a stage upstream of the running one went, as the runner recorded it: for stages that
+/// report on the run (the `report` stage's per-stage table). A cached stage's figures are from
+/// the run that made its outputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageRecord {
+    /// The stage's id.
+    pub id: String,
+    /// Its kind.
+    pub kind: String,
+    /// Whether its outputs came from the cache in this run.
+    pub cached: bool,
+    /// Seconds its run took.
+    pub seconds: f64,
+    /// The figures it recorded (`peak_rss_mb` among them: the runner's).
+    pub stats: BTreeMap<String, f64>,
+}
+
 /// Everything a running stage may touch: its inputs, its output folders and a work folder.
 pub struct StageContext<'a> {
     /// The stage's id in the pipeline (for messages).
@@ -177,6 +194,7 @@ pub struct StageContext<'a> {
     /// Where progress goes.
     pub progress: &'a dyn Progress,
     stats: std::sync::Mutex<BTreeMap<String, f64>>,
+    upstream: Vec<StageRecord>,
 }
 
 impl<'a> StageContext<'a> {
@@ -188,7 +206,26 @@ impl<'a> StageContext<'a> {
         work_dir: PathBuf,
         progress: &'a dyn Progress,
     ) -> Self {
-        StageContext { stage_id, inputs, output_root, work_dir, progress, stats: Default::default() }
+        StageContext {
+            stage_id,
+            inputs,
+            output_root,
+            work_dir,
+            progress,
+            stats: Default::default(),
+            upstream: Vec::new(),
+        }
+    }
+
+    /// The same context, told how the stages upstream of it went (in pipeline order).
+    pub fn with_upstream(mut self, upstream: Vec<StageRecord>) -> Self {
+        self.upstream = upstream;
+        self
+    }
+
+    /// How the stages upstream of this one went in this run.
+    pub fn upstream(&self) -> &[StageRecord] {
+        &self.upstream
     }
 
     /// Records a figure of this run (throughput, counts); it goes into the run's manifest.

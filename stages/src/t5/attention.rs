@@ -3,7 +3,7 @@
 //! with bias and mask as one float mask. Decoding keeps keys and values in an explicit
 //! [`KvCache`] passed by `&mut`.
 
-use tch::{nn, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 use super::config::T5Config;
 use crate::lora::Lora;
@@ -49,6 +49,33 @@ impl KvCache {
         for l in &mut self.layers {
             pick(&mut l.self_kv);
             pick(&mut l.cross_kv);
+        }
+    }
+}
+
+/// How attention probabilities are computed. Both give the same results within float rounding
+/// (a test holds them to it); which is faster depends on the device, the precision and the
+/// query length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttentionBackend {
+    /// `Explicit` on the CPU in bf16 or for one query at a time (decoding), `Sdpa` otherwise.
+    /// On 2 CPU cores libtorch 2.11's fused kernel takes 3.1 ms for one decoding step of a
+    /// 24-row batch in bf16 where the explicit form takes 0.45 ms, and 24 ms vs 14 ms for an
+    /// encoder layer; in fp32 it wins on full sequences (25 ms vs 40 ms).
+    #[default]
+    Auto,
+    /// libtorch's `scaled_dot_product_attention` with bias and mask as one float mask.
+    Sdpa,
+    /// Scores, an fp32 softmax and the weighted sum, written out (transformers' eager path).
+    Explicit,
+}
+
+impl AttentionBackend {
+    fn explicit(self, q: &Tensor) -> bool {
+        match self {
+            AttentionBackend::Sdpa => false,
+            AttentionBackend::Explicit => true,
+            AttentionBackend::Auto => q.device() == Device::Cpu && (q.kind() == Kind::BFloat16 || q.size()[2] == 1),
         }
     }
 }
@@ -199,6 +226,7 @@ impl Attention {
         kv_source: Option<&Tensor>,
         bias: &Tensor,
         cache: CacheSlot,
+        backend: AttentionBackend,
         train: bool,
     ) -> Tensor {
         let (b, t, _) = x.size3().expect("(batch, time, features)");
@@ -218,16 +246,24 @@ impl Attention {
             }
             CacheSlot::Cross(layer) => {
                 if layer.cross_kv.is_none() {
-                    layer.cross_kv = Some(project(kv_source.expect("cross-attention has a source")));
+                    // Stored contiguous: every decoding step reads them, and a strided layout
+                    // would be copied again at each step.
+                    let (k, v) = project(kv_source.expect("cross-attention has a source"));
+                    layer.cross_kv = Some((k.contiguous(), v.contiguous()));
                 }
                 let (k, v) = layer.cross_kv.as_ref().expect("just set");
                 (k.shallow_clone(), v.shallow_clone())
             }
         };
         // T5 does not scale scores by 1/sqrt(d_kv): scale = 1.
-        let mask = bias.to_kind(q.kind());
         let p = if train { self.dropout } else { 0.0 };
-        let out = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&mask), p, false, Some(1.0), false);
+        let out = if backend.explicit(&q) {
+            let scores = q.matmul(&k.transpose(-1, -2)).to_kind(Kind::Float) + bias.to_kind(Kind::Float);
+            scores.softmax(-1, Kind::Float).dropout(p, train).to_kind(q.kind()).matmul(&v)
+        } else {
+            let mask = bias.to_kind(q.kind());
+            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&mask), p, false, Some(1.0), false)
+        };
         self.project(3, &out.transpose(1, 2).reshape([b, t, self.n_heads * self.d_kv]), train)
     }
 }

@@ -4,7 +4,7 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
-use super::attention::{Attention, CacheSlot, LayerCache};
+use super::attention::{Attention, AttentionBackend, CacheSlot, LayerCache};
 use super::config::T5Config;
 use super::layer_norm::LayerNorm;
 
@@ -62,6 +62,8 @@ pub struct BlockInputs<'a> {
     pub self_bias: &'a Tensor,
     /// Encoder output and its mask, for decoder blocks.
     pub encoder: Option<(&'a Tensor, &'a Tensor)>,
+    /// How attention is computed.
+    pub attention: AttentionBackend,
     /// Training (dropout on).
     pub train: bool,
 }
@@ -109,7 +111,7 @@ impl Block {
         };
         let h = x + self
             .self_attn
-            .forward(&self.self_norm.forward(x), None, inputs.self_bias, slot, t)
+            .forward(&self.self_norm.forward(x), None, inputs.self_bias, slot, inputs.attention, t)
             .dropout(self.dropout, t);
         let h = match (&self.cross, inputs.encoder) {
             (Some((norm, attn)), Some((enc, enc_mask))) => {
@@ -117,7 +119,8 @@ impl Block {
                     Some(c) => CacheSlot::Cross(c),
                     None => CacheSlot::None,
                 };
-                &h + attn.forward(&norm.forward(&h), Some(enc), enc_mask, slot, t).dropout(self.dropout, t)
+                let a = attn.forward(&norm.forward(&h), Some(enc), enc_mask, slot, inputs.attention, t);
+                &h + a.dropout(self.dropout, t)
             }
             _ => h,
         };

@@ -3,7 +3,7 @@
 //! ones' rows busy.
 
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::{KvCache, T5};
 
@@ -65,6 +65,12 @@ pub fn generate(
     })
 }
 
+/// Padded source tokens per encoder pass on the CPU (see [`T5::encode_in_chunks`]); the
+/// decoder still steps the whole batch at once. Measured on 2 cores, flan-t5-base shape, 100
+/// dialogues × 40 tokens: 512 → 20.8 s (bf16) / 37.7 s (fp32); 1,024 → 21.8 / 41.0;
+/// 4,096 → 26.7 s (bf16).
+const CPU_ENCODER_TOKENS: i64 = 512;
+
 /// Greedy or sampled decoding of the whole batch, dropping finished rows.
 fn step_by_step(
     model: &T5,
@@ -79,7 +85,10 @@ fn step_by_step(
     if let Strategy::Sample { seed, .. } = strategy {
         tch::manual_seed(*seed);
     }
-    let mut enc = model.encode(input_ids, mask, false);
+    let mut enc = match device {
+        Device::Cpu => model.encode_in_chunks(input_ids, mask, CPU_ENCODER_TOKENS),
+        _ => model.encode(input_ids, mask, false),
+    };
     let mut mask = mask.shallow_clone();
     let mut cache = KvCache::new(model.decoder.blocks.len());
     let mut active: Vec<usize> = (0..b as usize).collect();

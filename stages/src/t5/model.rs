@@ -5,7 +5,7 @@
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Reduction, Tensor};
 
-use super::attention::KvCache;
+use super::attention::{AttentionBackend, KvCache};
 use super::block::{Block, BlockInputs};
 use super::config::T5Config;
 use super::layer_norm::LayerNorm;
@@ -60,6 +60,8 @@ pub struct T5 {
     /// The decoder stack.
     pub decoder: Stack,
     lm_head: Option<nn::Linear>,
+    /// How attention is computed (the fastest measured for the device by default).
+    pub attention: AttentionBackend,
 }
 
 impl T5 {
@@ -74,7 +76,7 @@ impl T5 {
             ws: (path / "lm_head").var("weight", &[c.vocab_size, c.d_model], nn::Init::Randn { mean: 0.0, stdev: 1.0 }),
             bs: None,
         });
-        T5 { config, shared, encoder, decoder, lm_head }
+        T5 { config, shared, encoder, decoder, lm_head, attention: AttentionBackend::Auto }
     }
 
     /// Sets every dropout rate (the config's `dropout_rate` otherwise).
@@ -101,8 +103,31 @@ impl T5 {
     pub fn encode(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Tensor {
         let s = input_ids.size()[1];
         let bias = self.encoder.blocks[0].self_attn.compute_bias(s, s, 0) + self.extended_mask(attention_mask);
-        let inputs = BlockInputs { self_bias: &bias, encoder: None, train };
+        let inputs = BlockInputs { self_bias: &bias, encoder: None, attention: self.attention, train };
         self.encoder.forward(&input_ids.apply(&self.shared), &inputs, None)
+    }
+
+    /// [`T5::encode`] (inference) a few rows at a time, each pass padded only to its own
+    /// longest row and at most `max_tokens` padded tokens: on the CPU, passes that fit the
+    /// caches are faster than one large pass (measured: 100 DialogSum dialogues, flan-t5-base
+    /// shape, 2 cores, bf16: 14 s in 1k-token passes vs 24 s in one 16k-token pass). Rows do
+    /// not interact and padding is masked, so the output is the same; positions past a row's
+    /// end are zeros. Rows are expected longest first (the `generate` stage sorts them).
+    pub fn encode_in_chunks(&self, input_ids: &Tensor, attention_mask: &Tensor, max_tokens: i64) -> Tensor {
+        let (b, s) = input_ids.size2().expect("(batch, src)");
+        let lengths: Vec<i64> = Vec::try_from(attention_mask.sum_dim_intlist(1, false, Kind::Int64)).expect("lengths");
+        let mut parts = Vec::new();
+        let mut r = 0;
+        while r < b {
+            let longest = lengths[r as usize..].iter().copied().max().unwrap_or(s).max(1);
+            let n = (max_tokens / longest).clamp(1, b - r);
+            let longest = lengths[r as usize..(r + n) as usize].iter().copied().max().unwrap_or(s).max(1);
+            let ids = input_ids.narrow(0, r, n).narrow(1, 0, longest);
+            let out = self.encode(&ids, &attention_mask.narrow(0, r, n).narrow(1, 0, longest), false);
+            parts.push(out.constant_pad_nd([0, 0, 0, s - longest]));
+            r += n;
+        }
+        Tensor::cat(&parts, 0)
     }
 
     /// Logits `(batch, tgt, vocab)` for decoder inputs; with a cache, the inputs continue the
@@ -122,7 +147,8 @@ impl T5 {
         let causal = Tensor::ones([t, k], (kind, device)).triu(offset + 1) * mask_value(kind);
         let bias = self.decoder.blocks[0].self_attn.compute_bias(t, k, offset) + causal.unsqueeze(0).unsqueeze(0);
         let enc_mask = self.extended_mask(attention_mask);
-        let inputs = BlockInputs { self_bias: &bias, encoder: Some((encoder_out, &enc_mask)), train };
+        let inputs =
+            BlockInputs { self_bias: &bias, encoder: Some((encoder_out, &enc_mask)), attention: self.attention, train };
         let h = self.decoder.forward(&decoder_ids.apply(&self.shared), &inputs, cache);
         match &self.lm_head {
             Some(head) => head.forward(&h),
@@ -208,6 +234,37 @@ mod tests {
                 assert!(diff < 1e-6, "step {t}: relative {diff}");
             }
             assert_eq!(cache.len(), 6);
+        });
+    }
+
+    /// The speed paths change nothing but rounding: explicit attention vs libtorch's fused
+    /// kernel, and the CPU's chunked encoder vs one pass (issue: numerics unchanged).
+    #[test]
+    fn the_fast_paths_give_the_plain_paths_results() {
+        use crate::t5::attention::AttentionBackend;
+        use crate::t5::decode::{generate, Strategy};
+        let (_vs, mut m) = tiny();
+        let (x, mask, dec) = batch();
+        let rel = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]);
+        tch::no_grad(|| {
+            m.attention = AttentionBackend::Sdpa;
+            let plain_loss = m.loss(&x, &mask, &dec, false).double_value(&[]);
+            let plain_enc = m.encode(&x, &mask, false);
+            let plain_logits = m.decode(&dec, &plain_enc, &mask, None, false);
+            let plain_greedy = generate(&m, &x, &mask, 12, &Strategy::Greedy);
+            m.attention = AttentionBackend::Explicit;
+            let loss = m.loss(&x, &mask, &dec, false).double_value(&[]);
+            assert!((loss - plain_loss).abs() < 1e-5 * plain_loss.abs(), "loss {loss} vs {plain_loss}");
+            let logits = m.decode(&dec, &m.encode(&x, &mask, false), &mask, None, false);
+            assert!(rel(&logits, &plain_logits) < 1e-6, "logits: relative {}", rel(&logits, &plain_logits));
+            assert_eq!(generate(&m, &x, &mask, 12, &Strategy::Greedy), plain_greedy);
+            // One row per pass, each padded to its own length; padded positions come back zero.
+            let chunked = m.encode_in_chunks(&x, &mask, 1);
+            let real = mask.unsqueeze(-1).to_kind(Kind::Float);
+            assert!(rel(&(&chunked * &real), &(&plain_enc * &real)) < 1e-6);
+            assert_eq!(chunked.narrow(0, 1, 1).narrow(1, 3, 3).abs().max().double_value(&[]), 0.0);
+            m.attention = AttentionBackend::Auto;
+            assert_eq!(generate(&m, &x, &mask, 12, &Strategy::Greedy), plain_greedy);
         });
     }
 

@@ -27,9 +27,10 @@ ours, lab = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
 find = lambda prefix: next(f for f in ours["figures"] if f["what"].startswith(prefix))
 pairs = [("train, full", "train, full fine-tuning"), ("train, lora", "train, LoRA"), ("generate, one at a time", "generate, batched")]
 print(f"\nagainst the lab's Python path (torch {lab['torch']}, {lab['device']}), same model and data:")
-print(f"{'lab path':40} {'lab per s':>10} {'sumflow per s':>14} {'ratio':>8}")
+mb = lambda f: "/".join(f"{f[k]:.0f}" if f.get(k) is not None else "-" for k in ("peak_rss_mb", "peak_gpu_mb"))
+print(f"{'lab path':40} {'lab per s':>10} {'sumflow per s':>14} {'ratio':>8} {'peak MB cpu/gpu: lab':>21} {'sumflow':>12}")
 for theirs, mine in pairs:
     t = next(f for f in lab["figures"] if f["what"].startswith(theirs))
     m = find(mine)
-    print(f"{t['what']:40} {t['per_s']:10.2f} {m['per_s']:14.2f} {m['per_s'] / t['per_s']:7.1f}x   ({m['what']})")
+    print(f"{t['what']:40} {t['per_s']:10.2f} {m['per_s']:14.2f} {m['per_s'] / t['per_s']:7.1f}x {mb(t):>21} {mb(m):>12}   ({m['what']})")
 PY

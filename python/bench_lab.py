@@ -18,6 +18,25 @@ from transformers import T5ForConditionalGeneration
 PROMPT = "Summarize the following conversation.\n\n{dialogue}\n\nSummary: "
 
 
+def reset_peak(device):
+    """Starts a new peak: libtorch's allocator on CUDA, the resident set on the CPU (Linux)."""
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+
+
+def peak_mb(device):
+    """Peak since reset_peak, MB: CUDA memory libtorch reserved (sumflow's NVML figure adds the
+    CUDA context, a few hundred MB), or the resident set's high-water mark."""
+    if device == "cuda":
+        return {"peak_gpu_mb": torch.cuda.max_memory_reserved() / 2**20}
+    with open("/proc/self/status") as f:
+        kb = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
+    return {"peak_rss_mb": kb / 1024}
+
+
 def rows(path):
     return list(csv.DictReader(open(path, newline="", encoding="utf-8")))
 
@@ -43,6 +62,7 @@ def main():
             model = get_peft_model(model, LoraConfig(r=32, lora_alpha=32, target_modules=["q", "v"], lora_dropout=0.05, bias="none", task_type=TaskType.SEQ_2_SEQ_LM))
             lr = 1e-3
         model.train()
+        reset_peak(device)
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01 if method == "full" else 0.0)
         real = 0
         t0 = None
@@ -66,12 +86,13 @@ def main():
         if device == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
-        figures.append({"what": f"train, {method} (lab settings)", "per_s": steps * 8 / seconds, "tokens_per_s": real / seconds, "seconds": seconds})
+        figures.append({"what": f"train, {method} (lab settings)", "per_s": steps * 8 / seconds, "tokens_per_s": real / seconds, "seconds": seconds, **peak_mb(device)})
         del model, opt
 
     model = T5ForConditionalGeneration.from_pretrained(model_dir, dtype=dtype).to(device).eval()
     dialogues = list(dict.fromkeys(r["dialogue"] for r in rows(f"{data}/test.csv")))[:n_gen]
     new = 0
+    reset_peak(device)
     t0 = time.perf_counter()
     with torch.no_grad():
         for d in dialogues:
@@ -79,7 +100,7 @@ def main():
             out = model.generate(ids, max_new_tokens=max_new, num_beams=1, do_sample=False)
             new += out.shape[1] - 1
     seconds = time.perf_counter() - t0
-    figures.append({"what": "generate, one at a time (lab loop)", "per_s": len(dialogues) / seconds, "tokens_per_s": new / seconds, "seconds": seconds})
+    figures.append({"what": "generate, one at a time (lab loop)", "per_s": len(dialogues) / seconds, "tokens_per_s": new / seconds, "seconds": seconds, **peak_mb(device)})
     print(json.dumps({"device": device, "torch": torch.__version__, "figures": figures}))
 
 

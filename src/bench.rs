@@ -39,6 +39,9 @@ pub struct BenchOptions {
     /// New tokens per summary.
     #[arg(long, default_value_t = 40)]
     pub max_new_tokens: i64,
+    /// Generation precision: `auto` (bf16 on CUDA, fp32 on the CPU), `fp32` or `bf16`.
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
 }
 
 /// One measured figure set.
@@ -58,6 +61,10 @@ pub struct Figures {
     pub epoch_s: Option<f64>,
     /// Seconds measured.
     pub seconds: f64,
+    /// Peak resident memory of the process while measuring, MB.
+    pub peak_rss_mb: Option<f64>,
+    /// Peak GPU memory of the process while measuring (NVML), MB.
+    pub peak_gpu_mb: Option<f64>,
 }
 
 /// Everything `sumflow bench` prints.
@@ -85,7 +92,7 @@ impl BenchReport {
     /// The report as a table.
     pub fn render(&self) -> String {
         let mut out = format!(
-            "sumflow bench: {} parameters; {}; peak {}\n{:64} {:>10} {:>12} {:>9} {:>7} {:>9}\n",
+            "sumflow bench: {} parameters; {}; peak {}\n{:64} {:>10} {:>12} {:>9} {:>7} {:>9} {:>15}\n",
             self.parameters,
             self.runtime.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "),
             self.peak_tflops.map_or("unknown".into(), |p| format!("{p} TFLOP/s")),
@@ -94,17 +101,23 @@ impl BenchReport {
             "tokens/s",
             "TFLOP/s",
             "MFU",
-            "epoch s"
+            "epoch s",
+            "peak MB cpu/gpu"
         );
         for f in &self.figures {
             out.push_str(&format!(
-                "{:64} {:>10.2} {:>12.0} {:>9.3} {:>7} {:>9}\n",
+                "{:64} {:>10.2} {:>12.0} {:>9.3} {:>7} {:>9} {:>15}\n",
                 f.what,
                 f.per_s,
                 f.tokens_per_s,
                 f.tflops,
                 f.mfu.map_or("-".into(), |m| format!("{:.1}%", 100.0 * m)),
-                f.epoch_s.map_or("-".into(), |e| format!("{e:.1}"))
+                f.epoch_s.map_or("-".into(), |e| format!("{e:.1}")),
+                format!(
+                    "{}/{}",
+                    f.peak_rss_mb.map_or("-".into(), |m| format!("{m:.0}")),
+                    f.peak_gpu_mb.map_or("-".into(), |m| format!("{m:.0}"))
+                )
             ));
         }
         out
@@ -116,6 +129,8 @@ mod imp {
     use super::*;
     use std::path::Path;
     use std::time::Instant;
+
+    use crate::memory::{self, GpuSampler};
     use sumflow_stages::generate::{open, summarize, GenerateOptions};
     use sumflow_stages::load::read_table;
     use sumflow_stages::score::{evaluate, ScoreParams};
@@ -124,6 +139,28 @@ mod imp {
     use sumflow_stages::tokenize::{render, tokenize, TokenTable, TokenizeParams, LAB_TEMPLATE};
     use sumflow_stages::train::{batches, build, train, Method, TrainParams};
     use sumflow_stages::{InputRef, NoProgress, StageContext};
+
+    /// Peak memory over one measurement.
+    struct Meter(Option<GpuSampler>);
+
+    impl Meter {
+        fn start() -> Meter {
+            memory::reset_peak();
+            Meter(GpuSampler::start())
+        }
+        fn stop(self) -> (Option<f64>, Option<f64>) {
+            (memory::peak_mb(), self.0.map(GpuSampler::stop))
+        }
+    }
+
+    fn dtype(name: &str) -> Result<DtypeChoice, Error> {
+        match name {
+            "auto" => Ok(DtypeChoice::Auto),
+            "fp32" => Ok(DtypeChoice::Fp32),
+            "bf16" => Ok(DtypeChoice::Bf16),
+            other => Err(Error::Usage(format!("--dtype {other}: use auto, fp32 or bf16"))),
+        }
+    }
 
     fn device(name: &str) -> Result<DeviceChoice, Error> {
         match name {
@@ -165,9 +202,11 @@ mod imp {
         let real: usize =
             timed.iter().flat_map(|b| b.iter()).map(|&r| tokens.input_ids[r].len() + tokens.labels[r].len()).sum();
         let all: usize = tokens.input_ids.iter().chain(&tokens.labels).map(Vec::len).sum();
+        let meter = Meter::start();
         let t0 = Instant::now();
         train(&b, tokens, None, &p, &work.join("work"), &ctx)?;
         let seconds = t0.elapsed().as_secs_f64();
+        let (peak_rss_mb, peak_gpu_mb) = meter.stop();
         let flops_per_token = if method == Method::Full { 6.0 } else { 4.0 }
             * (total - if method == Method::Lora { trainable } else { 0 }) as f64;
         let tflops = flops_per_token * real as f64 / seconds / 1e12;
@@ -183,6 +222,8 @@ mod imp {
             mfu: peak.map(|p| tflops / p),
             epoch_s: Some(all as f64 / (real as f64 / seconds)),
             seconds,
+            peak_rss_mb,
+            peak_gpu_mb,
         };
         Ok((f, total))
     }
@@ -207,7 +248,7 @@ mod imp {
         let mut prompts: Vec<String> =
             test.column("dialogue", "test")?.iter().map(|d| render(LAB_TEMPLATE, d)).collect();
         prompts.dedup();
-        let m = open(&o.model, None, device(&o.device)?, DtypeChoice::Auto, false)?;
+        let m = open(&o.model, None, device(&o.device)?, dtype(&o.dtype)?, false)?;
         for (label, n, one) in [
             ("generate, batched", o.generate, false),
             ("generate, one at a time (lab loop)", o.generate_one_at_a_time, true),
@@ -223,7 +264,9 @@ mod imp {
                 batch_tokens: 65536,
                 one_at_a_time: one,
             };
+            let meter = Meter::start();
             let r = summarize(&m, &prompts[..n], &g, &NoProgress)?;
+            let (peak_rss_mb, peak_gpu_mb) = meter.stop();
             figures.push(Figures {
                 what: format!("{label} ({n} dialogues, ≤{} new tokens)", o.max_new_tokens),
                 per_s: r.distinct as f64 / r.seconds,
@@ -232,6 +275,8 @@ mod imp {
                 mfu: None,
                 epoch_s: None,
                 seconds: r.seconds,
+                peak_rss_mb,
+                peak_gpu_mb,
             });
         }
 
@@ -257,6 +302,8 @@ mod imp {
             mfu: None,
             epoch_s: None,
             seconds,
+            peak_rss_mb: None,
+            peak_gpu_mb: None,
         });
         let _ = std::fs::remove_dir_all(&work);
         Ok(BenchReport { runtime, peak_tflops: peak, parameters, figures })

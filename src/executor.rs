@@ -256,17 +256,23 @@ fn run_stage(
     let ctx = StageContext::new(&node.id, inputs, scratch.clone(), cache.work_dir(&plan.key), progress.as_ref())
         .with_upstream(upstream);
     let t0 = Instant::now();
+    // GPU stages run one at a time, so the device's memory is theirs.
+    let gpu = if node.resource == Resource::Gpu { memory::GpuSampler::start() } else { None };
     let result = catch_unwind(AssertUnwindSafe(|| node.stage.run(&node.params, &ctx))).unwrap_or_else(|panic| {
         let msg =
             panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
         Err(StageError::Internal(format!("the stage panicked: {}", msg.unwrap_or_else(|| "(no message)".into()))))
     });
+    let gpu_mb = gpu.map(memory::GpuSampler::stop);
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&scratch);
         return Err(e);
     }
     if let Some(mb) = memory::peak_mb() {
         ctx.record("peak_rss_mb", mb);
+    }
+    if let Some(mb) = gpu_mb {
+        ctx.record("peak_gpu_mb", mb);
     }
     let entry = Entry {
         key: plan.key.clone(),

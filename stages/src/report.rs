@@ -251,7 +251,8 @@ fn topic_plot(topics: &[(String, Vec<f64>)], models: &[String]) -> Result<String
         let height = 80 + 28 * topics.len() as u32;
         let root = SVGBackend::with_string(&mut svg, (720, height)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_err)?;
-        let top = topics.iter().flat_map(|t| t.1.iter().copied()).fold(0.0, f64::max).max(0.01) * 1.3;
+        // Room on the right for the legend.
+        let top = topics.iter().flat_map(|t| t.1.iter().copied()).fold(0.0, f64::max).max(0.01) * 1.8;
         let n = models.len() as f64;
         let mut chart = ChartBuilder::on(&root)
             .caption("ROUGE-1 by topic (most frequent topics)", ("sans-serif", 18))
@@ -263,6 +264,7 @@ fn topic_plot(topics: &[(String, Vec<f64>)], models: &[String]) -> Result<String
         chart
             .configure_mesh()
             .disable_y_mesh()
+            .max_light_lines(0)
             .y_labels(topics.len() * 2 + 1)
             .y_label_formatter(&|y| {
                 // Row k spans [k, k+1) from the top.
@@ -311,7 +313,11 @@ fn stage_grid(upstream: &[StageRecord]) -> Grid {
                     r.kind.clone(),
                     if r.cached { "cached" } else { "ran" }.into(),
                     format!("{:.2} s", r.seconds),
-                    r.stats.get("peak_rss_mb").map_or("–".into(), |mb| format!("{mb:.0} MB")),
+                    match (r.stats.get("peak_rss_mb"), r.stats.get("peak_gpu_mb")) {
+                        (Some(cpu), Some(gpu)) => format!("{cpu:.0} MB; GPU {gpu:.0} MB"),
+                        (Some(cpu), None) => format!("{cpu:.0} MB"),
+                        _ => "–".into(),
+                    },
                     figures.join(", "),
                 ]
             })
@@ -320,7 +326,7 @@ fn stage_grid(upstream: &[StageRecord]) -> Grid {
 }
 
 fn round(v: f64) -> String {
-    if v >= 100.0 {
+    if v >= 100.0 || v.fract() == 0.0 {
         format!("{v:.0}")
     } else {
         format!("{v:.2}")

@@ -179,7 +179,8 @@ pub struct StageRecord {
     pub cached: bool,
     /// Seconds its run took.
     pub seconds: f64,
-    /// The figures it recorded (`peak_rss_mb` among them: the runner's).
+    /// The figures it recorded (the runner adds `peak_rss_mb` and, for GPU stages where NVML
+    /// sees the card, `peak_gpu_mb`).
     pub stats: BTreeMap<String, f64>,
 }
 

@@ -335,7 +335,10 @@ pub fn train(
             continue;
         }
         let t0 = Instant::now();
-        let (x, mask, y) = collate(train, &epoch_batches[progress.batch], device);
+        let rows = &epoch_batches[progress.batch];
+        // Real (non-pad) tokens, counted on the host: no device sync for a figure.
+        let tokens: usize = rows.iter().map(|&r| train.input_ids[r].len() + train.labels[r].len()).sum();
+        let (x, mask, y) = collate(train, rows, device);
         // Dropout draws from a generator seeded per step, so a resumed run repeats it exactly.
         tch::manual_seed((p.seed as i64).wrapping_mul(7919).wrapping_add(progress.step as i64));
         let loss = tch::autocast(device.is_cuda(), || b.model.loss(&x, &mask, &y, true));
@@ -362,8 +365,7 @@ pub fn train(
         opt.update(step_lr);
         opt.zero_grad();
         progress.step += 1;
-        let tokens = (mask.sum(Kind::Int64).int64_value(&[]) + y.ne(-100).sum(Kind::Int64).int64_value(&[])) as f64;
-        progress.losses.push((progress.step, value, step_lr, tokens / t0.elapsed().as_secs_f64()));
+        progress.losses.push((progress.step, value, step_lr, tokens as f64 / t0.elapsed().as_secs_f64()));
         ctx.progress.inc(1);
         ctx.progress.message(&format!("loss {value:.4}"));
         if let Some(v) = validation {

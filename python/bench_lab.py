@@ -4,7 +4,9 @@ the lab's Trainer settings (bf16 weights on CUDA, every row padded to 512 tokens
 dialogue at a time (the lab's loop). Prints JSON with the same figures as `sumflow bench`.
 
 The Trainer itself needs `accelerate`; this loop does what it does for these settings.
-usage: bench_lab.py MODEL_DIR DIALOGSUM_DIR STEPS GENERATE MAX_NEW_TOKENS DEVICE
+Also transformers' own `generate` on length-sorted, padded batches of 64 (not the lab's code,
+the strongest plain-Python baseline), over BATCHED dialogues.
+usage: bench_lab.py MODEL_DIR DIALOGSUM_DIR STEPS GENERATE MAX_NEW_TOKENS DEVICE [BATCHED]
 """
 import csv
 import json
@@ -43,6 +45,7 @@ def rows(path):
 
 def main():
     model_dir, data, steps, n_gen, max_new, device = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+    n_batched = int(sys.argv[7]) if len(sys.argv) > 7 else 0
     device = "cuda" if device in ("cuda", "auto") and torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     tok = Tokenizer.from_file(f"{model_dir}/tokenizer.json")
@@ -101,6 +104,24 @@ def main():
             new += out.shape[1] - 1
     seconds = time.perf_counter() - t0
     figures.append({"what": "generate, one at a time (lab loop)", "per_s": len(dialogues) / seconds, "tokens_per_s": new / seconds, "seconds": seconds, **peak_mb(device)})
+
+    if n_batched:
+        dialogues = list(dict.fromkeys(r["dialogue"] for r in rows(f"{data}/test.csv")))[:n_batched]
+        encoded = sorted((tok.encode(PROMPT.format(dialogue=d)).ids[:512] for d in dialogues), key=len, reverse=True)
+        new = 0
+        reset_peak(device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for i in range(0, len(encoded), 64):
+                batch = encoded[i:i + 64]
+                width = max(map(len, batch))
+                ids = torch.tensor([b + [0] * (width - len(b)) for b in batch], device=device)
+                out = model.generate(ids, attention_mask=(ids != 0).long(), max_new_tokens=max_new, num_beams=1, do_sample=False)
+                new += int((out[:, 1:] != 0).sum())
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        figures.append({"what": "generate, batched (transformers, 64 per batch)", "per_s": len(dialogues) / seconds, "tokens_per_s": new / seconds, "seconds": seconds, **peak_mb(device)})
     print(json.dumps({"device": device, "torch": torch.__version__, "figures": figures}))
 
 

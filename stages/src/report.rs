@@ -4,7 +4,7 @@
 //! "absolute percentage improvement" tables (each model vs the original, PEFT vs full), the
 //! parameter table with artifact sizes, time and peak memory of every stage upstream (from this
 //! run, or from the run that made a cached stage's outputs), plots (plotters, SVG: ROUGE bars
-//! with CI, training loss curves, summary lengths against the references, ROUGE-1 by topic) and
+//! with CI, training loss curves, summary length histograms against the references, ROUGE-1 by topic) and
 //! side-by-side examples.
 
 use std::collections::BTreeMap;
@@ -197,48 +197,52 @@ fn loss_plot(trained: &[Trained]) -> Result<String, StageError> {
     Ok(svg)
 }
 
-/// Mean summary length (words) per column, and its spread (10th–90th percentile).
+/// Histograms of summary length in words, one outline per column (references and each model),
+/// as the share of rows per 5-word bin.
 fn length_plot(columns: &[(String, Vec<usize>)]) -> Result<String, StageError> {
+    const BIN: usize = 5;
+    let longest = columns.iter().flat_map(|(_, v)| v.iter().copied()).max().unwrap_or(0);
+    let bins = longest / BIN + 1;
+    let shares: Vec<Vec<f64>> = columns
+        .iter()
+        .map(|(_, v)| {
+            let mut counts = vec![0usize; bins];
+            for &n in v {
+                counts[n / BIN] += 1;
+            }
+            counts.iter().map(|&c| c as f64 / v.len().max(1) as f64).collect()
+        })
+        .collect();
+    let top = shares.iter().flatten().copied().fold(0.0, f64::max).max(0.01) * 1.15;
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (720, 300)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_err)?;
-        let pct = |v: &[usize], q: f64| {
-            let mut s = v.to_vec();
-            s.sort_unstable();
-            s.get(((s.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0) as f64
-        };
-        let top = columns.iter().map(|(_, v)| pct(v, 0.9)).fold(1.0, f64::max) * 1.2;
         let mut chart = ChartBuilder::on(&root)
-            .caption("Summary length in words: mean, 10th–90th percentile", ("sans-serif", 18))
+            .caption("Summary length: share of rows per 5-word bin", ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(30)
             .y_label_area_size(45)
-            .build_cartesian_2d(0.0..columns.len() as f64, 0.0..top)
+            .build_cartesian_2d(0.0..(bins * BIN) as f64, 0.0..top)
             .map_err(plot_err)?;
+        chart.configure_mesh().x_desc("words").draw().map_err(plot_err)?;
+        for (i, ((name, _), share)) in columns.iter().zip(&shares).enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            // A step outline: flat across each bin.
+            let outline =
+                share.iter().enumerate().flat_map(|(b, &y)| [((b * BIN) as f64, y), (((b + 1) * BIN) as f64, y)]);
+            chart
+                .draw_series(LineSeries::new(outline, color.stroke_width(2)))
+                .map_err(plot_err)?
+                .label(name.replace("_summaries", ""))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], color.stroke_width(2)));
+        }
         chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(columns.len() * 2 + 1)
-            .x_label_formatter(&|x| {
-                columns
-                    .get(x.floor() as usize)
-                    .filter(|_| x.fract() > 0.4)
-                    .map_or(String::new(), |c| c.0.replace("_summaries", ""))
-            })
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
             .draw()
             .map_err(plot_err)?;
-        for (i, (_, v)) in columns.iter().enumerate() {
-            let mean = v.iter().sum::<usize>() as f64 / v.len().max(1) as f64;
-            let color = COLORS[i % COLORS.len()];
-            let x = i as f64;
-            chart
-                .draw_series([Rectangle::new([(x + 0.25, 0.0), (x + 0.75, mean)], color.filled())])
-                .map_err(plot_err)?;
-            chart
-                .draw_series([PathElement::new(vec![(x + 0.5, pct(v, 0.1)), (x + 0.5, pct(v, 0.9))], BLACK)])
-                .map_err(plot_err)?;
-        }
         root.present().map_err(plot_err)?;
     }
     Ok(svg)

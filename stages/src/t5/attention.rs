@@ -1,7 +1,8 @@
 //! T5 attention: unscaled dot products plus a learned relative-position bias (first layer of
 //! each stack computes it, the others reuse it), run through `scaled_dot_product_attention`
-//! with bias and mask as one float mask. Decoding keeps keys and values in an explicit
-//! [`KvCache`] passed by `&mut`.
+//! with bias and mask as one float mask, or written out where that is faster
+//! ([`AttentionBackend`]). Decoding keeps keys and values in an explicit [`KvCache`] passed by
+//! `&mut`.
 
 use tch::{nn, Device, Kind, Tensor};
 

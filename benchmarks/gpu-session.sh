@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# What a GPU session measures, prepared to run as it is on the device machine (issues 3–6).
+#
+#   bash benchmarks/gpu-session.sh DATA OUT bench   # sumflow bench beside the lab's Python path
+#   bash benchmarks/gpu-session.sh DATA OUT lab     # the lab pipeline, full DialogSum, 1 epoch each
+#   bash benchmarks/gpu-session.sh DATA OUT check   # both, tiny and short, on the CPU (a dry run)
+#
+# DATA holds `dialogsum/` and `lab-results/` (a copy of ../shared/data: the device machine gets
+# only the checkout, so copy them into the ignored .carry/ and carry it with the binary, see
+# benchmarks/README.md). OUT receives the figures (at most 8 files come back from a device run).
+# The model is a random-init flan-t5-base shape made on the spot (`make-model`, seconds).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data=$(realpath "$1"); out=$2; what=$3
+mkdir -p "$out"
+export PYTHON=${PYTHON:-python3}
+# libtorch from the machine's own torch (tch 0.24 ↔ torch 2.11 on both sides).
+LD_LIBRARY_PATH=$("$PYTHON" -c 'import torch, os; print(os.path.dirname(torch.__file__))')/lib:${LD_LIBRARY_PATH:-}
+export LD_LIBRARY_PATH
+export SUMFLOW_CACHE=${SUMFLOW_CACHE:-/tmp/sumflow-cache}
+sumflow=./target/release/sumflow
+"$sumflow" --version
+"$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")'
+
+case $what in
+  check) arch=tiny; device=cpu; bench=(--train-steps 3 --generate 40 --generate-one-at-a-time 4 --max-new-tokens 16 --batch-tokens 4096)
+         lab=(--set subsample=100 --set max_steps=4 --set max_new_tokens=8) ;;
+  *)     arch=flan-t5-base; device=cuda; bench=(--train-steps 30 --generate 500 --generate-one-at-a-time 20 --max-new-tokens 40)
+         lab=() ;;
+esac
+model=$SUMFLOW_CACHE/models/$arch
+[ -f "$model/model.safetensors" ] || "$sumflow" make-model --arch $arch --tokenizer-data "$data/dialogsum" --out "$model"
+
+if [ "$what" = bench ] || [ "$what" = check ]; then
+  BENCH_OUT=$out bash benchmarks/bench.sh "$model" --device $device --data "$data/dialogsum" \
+    --results "$data/lab-results/dialogue-summary-training-results.csv" "${bench[@]}" | tee "$out/bench.txt"
+fi
+if [ "$what" = lab ] || [ "$what" = check ]; then
+  "$sumflow" run pipelines/dialogsum-flan-t5.yaml --set model="$model" --set data="$data/dialogsum" \
+    --set device=$device "${lab[@]}" 2> >(tee "$out/lab-stderr.txt" >&2) | tee "$out/lab-stdout.txt"
+  manifest=$(ls -t "$SUMFLOW_CACHE"/runs/*.json | head -1)
+  cp "$manifest" "$out/lab-manifest.json"
+  report=$(grep '^report: ' "$out/lab-stdout.txt" | tail -1 | cut -d' ' -f2)
+  cp "$(dirname "$report")/report.md" "$out/lab-report.md"
+fi

@@ -158,32 +158,34 @@ fn rouge_plot(r: &ScoreReport) -> Result<String, StageError> {
     Ok(svg)
 }
 
-/// Training loss per step, one line per training stage.
-fn loss_plot(trained: &[Trained]) -> Result<String, StageError> {
+/// A labelled line: legend text, colour, points.
+type Line = (String, RGBColor, Vec<(f64, f64)>);
+
+/// A chart of labelled lines with a legend (the loss curves, the length histograms).
+fn lines_plot(
+    caption: &str,
+    x_desc: &str,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+    lines: Vec<Line>,
+) -> Result<String, StageError> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (720, 320)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_err)?;
-        let steps = trained.iter().flat_map(|t| t.losses.iter().map(|l| l.0)).fold(1.0, f64::max);
-        let (lo, hi) = trained
-            .iter()
-            .flat_map(|t| t.losses.iter().map(|l| l.1))
-            .fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
-        let (lo, hi) = if lo < hi { (lo, hi) } else { (0.0, 1.0) };
         let mut chart = ChartBuilder::on(&root)
-            .caption("Training loss", ("sans-serif", 18))
+            .caption(caption, ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(30)
             .y_label_area_size(45)
-            .build_cartesian_2d(0.0..steps, lo * 0.95..hi * 1.05)
+            .build_cartesian_2d(x, y)
             .map_err(plot_err)?;
-        chart.configure_mesh().x_desc("step").draw().map_err(plot_err)?;
-        for (i, t) in trained.iter().enumerate() {
-            let color = COLORS[(i + 2) % COLORS.len()];
+        chart.configure_mesh().x_desc(x_desc).draw().map_err(plot_err)?;
+        for (label, color, points) in lines {
             chart
-                .draw_series(LineSeries::new(t.losses.iter().copied(), color.stroke_width(2)))
+                .draw_series(LineSeries::new(points, color.stroke_width(2)))
                 .map_err(plot_err)?
-                .label(t.label.clone())
+                .label(label)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], color.stroke_width(2)));
         }
         chart
@@ -197,55 +199,46 @@ fn loss_plot(trained: &[Trained]) -> Result<String, StageError> {
     Ok(svg)
 }
 
-/// Histograms of summary length in words, one outline per column (references and each model),
-/// as the share of rows per 5-word bin.
+/// Training loss per step, one line per training stage.
+fn loss_plot(trained: &[Trained]) -> Result<String, StageError> {
+    let steps = trained.iter().flat_map(|t| t.losses.iter().map(|l| l.0)).fold(1.0, f64::max);
+    let (lo, hi) = trained
+        .iter()
+        .flat_map(|t| t.losses.iter().map(|l| l.1))
+        .fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
+    let (lo, hi) = if lo < hi { (lo, hi) } else { (0.0, 1.0) };
+    let lines = trained
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.label.clone(), COLORS[(i + 2) % COLORS.len()], t.losses.clone()))
+        .collect();
+    lines_plot("Training loss", "step", 0.0..steps, lo * 0.95..hi * 1.05, lines)
+}
+
+/// Histograms of summary length in words, one step outline per column (references and each
+/// model), as the share of rows per 5-word bin.
 fn length_plot(columns: &[(String, Vec<usize>)]) -> Result<String, StageError> {
     const BIN: usize = 5;
     let longest = columns.iter().flat_map(|(_, v)| v.iter().copied()).max().unwrap_or(0);
     let bins = longest / BIN + 1;
-    let shares: Vec<Vec<f64>> = columns
+    let lines: Vec<Line> = columns
         .iter()
-        .map(|(_, v)| {
+        .enumerate()
+        .map(|(i, (name, v))| {
             let mut counts = vec![0usize; bins];
             for &n in v {
                 counts[n / BIN] += 1;
             }
-            counts.iter().map(|&c| c as f64 / v.len().max(1) as f64).collect()
+            let share = counts.iter().map(|&c| c as f64 / v.len().max(1) as f64);
+            // Flat across each bin.
+            let outline =
+                share.enumerate().flat_map(|(b, y)| [((b * BIN) as f64, y), (((b + 1) * BIN) as f64, y)]).collect();
+            (name.replace("_summaries", ""), COLORS[i % COLORS.len()], outline)
         })
         .collect();
-    let top = shares.iter().flatten().copied().fold(0.0, f64::max).max(0.01) * 1.15;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (720, 300)).into_drawing_area();
-        root.fill(&WHITE).map_err(plot_err)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption("Summary length: share of rows per 5-word bin", ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(30)
-            .y_label_area_size(45)
-            .build_cartesian_2d(0.0..(bins * BIN) as f64, 0.0..top)
-            .map_err(plot_err)?;
-        chart.configure_mesh().x_desc("words").draw().map_err(plot_err)?;
-        for (i, ((name, _), share)) in columns.iter().zip(&shares).enumerate() {
-            let color = COLORS[i % COLORS.len()];
-            // A step outline: flat across each bin.
-            let outline =
-                share.iter().enumerate().flat_map(|(b, &y)| [((b * BIN) as f64, y), (((b + 1) * BIN) as f64, y)]);
-            chart
-                .draw_series(LineSeries::new(outline, color.stroke_width(2)))
-                .map_err(plot_err)?
-                .label(name.replace("_summaries", ""))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], color.stroke_width(2)));
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(plot_err)?;
-        root.present().map_err(plot_err)?;
-    }
-    Ok(svg)
+    let top = lines.iter().flat_map(|l| l.2.iter().map(|p| p.1)).fold(0.0, f64::max).max(0.01) * 1.15;
+    let caption = "Summary length: share of rows per 5-word bin";
+    lines_plot(caption, "words", 0.0..(bins * BIN) as f64, 0.0..top, lines)
 }
 
 /// Mean ROUGE-1 per topic (rows) and model (bars), most frequent topics first.

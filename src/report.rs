@@ -75,7 +75,7 @@ impl Reporter for Console {
                 let secs = run.duration.as_secs_f64();
                 self.line(match &run.outcome {
                     Outcome::Hit => format!("  hit   {}", label(p, i)),
-                    Outcome::Ran => format!("  ran   {}  {secs:.2}s", label(p, i)),
+                    Outcome::Ran => format!("  ran   {}  {secs:.2}s{}", label(p, i), peaks(run)),
                     Outcome::Failed(e) => format!("  FAIL  {}  {secs:.2}s: {e}", label(p, i)),
                     Outcome::Skipped(why) => format!("  skip  {}: {why}", label(p, i)),
                 });
@@ -89,6 +89,17 @@ impl Reporter for Console {
 
     fn waiting_for_lock(&self, holder: &str) {
         self.line(format!("waiting for the cache lock (held by pid {holder})…"));
+    }
+}
+
+/// ", peak N MB" (and the GPU's) from what the executor recorded for a stage that ran.
+fn peaks(run: &StageRun) -> String {
+    let stats = run.entry.as_ref().map(|e| &e.stats);
+    let get = |k: &str| stats.and_then(|s| s.get(k)).copied();
+    match (get("peak_rss_mb"), get("peak_gpu_mb")) {
+        (Some(cpu), Some(gpu)) => format!(", peak {cpu:.0} MB, GPU {gpu:.0} MB"),
+        (Some(cpu), None) => format!(", peak {cpu:.0} MB"),
+        _ => String::new(),
     }
 }
 

@@ -70,8 +70,9 @@ impl AdamW {
         }
     }
 
-    /// The gradients as one flat fp32 tensor (zeros where a parameter got none), gathered once
-    /// per step.
+    /// The gradients as one flat fp32 tensor, gathered once per step. A parameter without a
+    /// gradient counts as a zero gradient (so, unlike `torch.optim.AdamW`, it still decays); in
+    /// T5 every trainable tensor gets one.
     fn grads(&mut self) -> &Tensor {
         let params = &self.params;
         self.grads.get_or_insert_with(|| {
@@ -87,6 +88,9 @@ impl AdamW {
                         }
                     })
                     .collect();
+                if parts.is_empty() {
+                    return Tensor::zeros([0], (Kind::Float, tch::Device::Cpu));
+                }
                 Tensor::cat(&parts, 0).to_kind(Kind::Float)
             })
         })

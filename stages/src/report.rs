@@ -4,8 +4,8 @@
 //! "absolute percentage improvement" tables (each model vs the original, PEFT vs full), the
 //! parameter table with artifact sizes, time and peak memory of every stage upstream (from this
 //! run, or from the run that made a cached stage's outputs), plots (plotters, SVG: ROUGE bars
-//! with CI, training loss curves, summary length histograms against the references, ROUGE-1 by topic) and
-//! side-by-side examples.
+//! with CI, training loss curves, summary length histograms against the references, ROUGE-1 by
+//! topic) and side-by-side examples.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -241,15 +241,16 @@ fn length_plot(columns: &[(String, Vec<usize>)]) -> Result<String, StageError> {
     lines_plot(caption, "words", 0.0..(bins * BIN) as f64, 0.0..top, lines)
 }
 
-/// Mean ROUGE-1 per topic (rows) and model (bars), most frequent topics first.
-fn topic_plot(topics: &[(String, Vec<f64>)], models: &[String]) -> Result<String, StageError> {
+/// ROUGE-1 by topic: a row per topic (name, rows, mean per model), most frequent first; a bar
+/// per model.
+fn topic_plot(topics: &[(String, usize, Vec<f64>)], models: &[String]) -> Result<String, StageError> {
     let mut svg = String::new();
     {
         let height = 80 + 28 * topics.len() as u32;
         let root = SVGBackend::with_string(&mut svg, (720, height)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_err)?;
         // Room on the right for the legend.
-        let top = topics.iter().flat_map(|t| t.1.iter().copied()).fold(0.0, f64::max).max(0.01) * 1.8;
+        let top = topics.iter().flat_map(|t| t.2.iter().copied()).fold(0.0, f64::max).max(0.01) * 1.8;
         let n = models.len() as f64;
         let mut chart = ChartBuilder::on(&root)
             .caption("ROUGE-1 by topic (most frequent topics)", ("sans-serif", 18))
@@ -272,7 +273,7 @@ fn topic_plot(topics: &[(String, Vec<f64>)], models: &[String]) -> Result<String
             .map_err(plot_err)?;
         for (mi, model) in models.iter().enumerate() {
             let color = COLORS[mi % COLORS.len()];
-            let bars = topics.iter().enumerate().map(|(k, (_, means))| {
+            let bars = topics.iter().enumerate().map(|(k, (_, _, means))| {
                 let y0 = (topics.len() - 1 - k) as f64 + 0.1 + 0.8 * (n - 1.0 - mi as f64) / n;
                 Rectangle::new([(0.0, y0), (means[mi], y0 + 0.8 / n * 0.9)], color.filled())
             });
@@ -470,8 +471,7 @@ fn write_report(
             .collect()
     });
     if !by_topic.is_empty() {
-        let series: Vec<(String, Vec<f64>)> = by_topic.iter().map(|(t, _, m)| (t.clone(), m.clone())).collect();
-        plots.push(("topics.svg", topic_plot(&series, &p.models)?));
+        plots.push(("topics.svg", topic_plot(&by_topic, &p.models)?));
     }
     for (name, svg) in &plots {
         std::fs::write(out.join(name), svg).map_err(|e| StageError::io(&out.join(name), e))?;

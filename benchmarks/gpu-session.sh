@@ -23,8 +23,9 @@ sumflow=./target/release/sumflow
 "$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")'
 
 case $what in
-  check) arch=tiny; device=cpu; bench=(--train-steps 3 --generate 40 --generate-one-at-a-time 4 --max-new-tokens 16 --batch-tokens 4096)
-         lab=(--set subsample=100 --set max_steps=4 --set max_new_tokens=8) ;;
+  # The dry run also goes through bf16 (autocast in training), what CUDA runs by default.
+  check) arch=tiny; device=cpu; bench=(--train-steps 3 --generate 40 --generate-one-at-a-time 4 --max-new-tokens 16 --batch-tokens 4096 --dtype bf16)
+         lab=(--set subsample=100 --set max_steps=4 --set max_new_tokens=8 --set train_dtype=bf16 --set gen_dtype=bf16) ;;
   *)     arch=flan-t5-base; device=cuda; bench=(--train-steps 30 --generate 500 --generate-one-at-a-time 20 --max-new-tokens 40)
          lab=() ;;
 esac

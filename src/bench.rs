@@ -39,7 +39,8 @@ pub struct BenchOptions {
     /// New tokens per summary.
     #[arg(long, default_value_t = 40)]
     pub max_new_tokens: i64,
-    /// Generation precision: `auto` (bf16 on CUDA, fp32 on the CPU), `fp32` or `bf16`.
+    /// Precision: `auto` (bf16 on CUDA, fp32 on the CPU), `fp32` or `bf16` (training: bf16
+    /// autocast over fp32 weights; generation: bf16 weights).
     #[arg(long, default_value = "auto")]
     pub dtype: String,
 }
@@ -181,9 +182,10 @@ mod imp {
         let lora =
             if method == Method::Lora { "lora: {r: 32, alpha: 32, dropout: 0.05, targets: [q, v]}\n" } else { "" };
         let mut p: TrainParams = serde_yaml::from_str(&format!(
-            "train: t\nmodel: {}\ndevice: {}\nmax_steps: {}\nbatch_tokens: {}\ncheckpoint_every: 0\n{lora}",
+            "train: t\nmodel: {}\ndevice: {}\ndtype: {}\nmax_steps: {}\nbatch_tokens: {}\ncheckpoint_every: 0\n{lora}",
             o.model.display(),
             o.device,
+            o.dtype,
             o.train_steps,
             o.batch_tokens
         ))

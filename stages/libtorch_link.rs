@@ -7,30 +7,46 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-fn libtorch_lib() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("LIBTORCH") {
-        return Some(PathBuf::from(dir).join("lib"));
-    }
-    let python = if std::env::var_os("VIRTUAL_ENV").is_some() { "python" } else { "python3" };
-    let out = Command::new(python)
-        .args(["-c", "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))"])
-        .output()
-        .ok()?;
-    out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+/// Where libtorch is, and how its C++ was compiled.
+#[allow(dead_code)] // the root package's build script links only
+struct Libtorch {
+    /// The folder with `libtorch_cpu.so`; headers are in `../include`.
+    lib: PathBuf,
+    /// `_GLIBCXX_USE_CXX11_ABI` of the build (PyPI's torch 2.11: 1).
+    cxx11_abi: bool,
 }
 
-fn main() {
+fn libtorch() -> Option<Libtorch> {
+    if let Some(dir) = std::env::var_os("LIBTORCH") {
+        let cxx11_abi = std::env::var("LIBTORCH_CXX11_ABI").map_or(true, |v| v != "0");
+        return Some(Libtorch { lib: PathBuf::from(dir).join("lib"), cxx11_abi });
+    }
+    let python = if std::env::var_os("VIRTUAL_ENV").is_some() { "python" } else { "python3" };
+    let code = "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'lib')); \
+                print(int(torch.compiled_with_cxx11_abi()))";
+    let out = Command::new(python).args(["-c", code]).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let lib = PathBuf::from(lines.next()?.trim());
+    Some(Libtorch { lib, cxx11_abi: lines.next() == Some("1") })
+}
+
+/// Emits the link settings; `None` without the `torch` feature or without libtorch.
+fn link_libtorch() -> Option<Libtorch> {
     println!("cargo:rerun-if-changed=libtorch_link.rs");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
     println!("cargo:rerun-if-env-changed=VIRTUAL_ENV");
-    if std::env::var_os("CARGO_FEATURE_TORCH").is_none() {
-        return;
-    }
-    let Some(lib) = libtorch_lib() else {
+    std::env::var_os("CARGO_FEATURE_TORCH")?;
+    let Some(libtorch) = libtorch() else {
         println!("cargo:warning=libtorch not found: set LIBTORCH, or LIBTORCH_USE_PYTORCH=1 with torch installed");
-        return;
+        return None;
     };
+    let lib = &libtorch.lib;
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-L{}", lib.display());
@@ -38,4 +54,5 @@ fn main() {
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    Some(libtorch)
 }

@@ -195,3 +195,46 @@ fn training_on_the_cpu_reproduces_bit_exactly() {
         out.stdout
     );
 }
+
+/// The dtype of every tensor in a safetensors file (its JSON header).
+fn safetensors_dtypes(path: &Path) -> Vec<String> {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header.iter().filter(|(k, _)| *k != "__metadata__").map(|(_, v)| v["dtype"].as_str().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn bf16_autocast_training_tracks_fp32_and_keeps_fp32_weights() {
+    // The mixed precision CUDA runs by default, here on the CPU: products in bf16, the loss,
+    // weights and optimizer in fp32. Same data, same seed, no dropout.
+    let s = Sandbox::new();
+    let common = "max_steps: 30, lr: 0.001, checkpoint_every: 0, dropout: 0.0";
+    let stages = stage(&format!("{common}, dtype: fp32"), "train-full", "fp32")
+        + &stage(&format!("{common}, dtype: bf16"), "train-full", "bf16")
+        + &stage("max_steps: 30, lr: 0.005, checkpoint_every: 0, dropout: 0.0, dtype: bf16", "train-lora", "lora");
+    pipeline(&s, &stages);
+    s.ok(&["run", "p.yaml"]);
+    let (fp32, bf16) = (artifact(&s, "fp32", "model"), artifact(&s, "bf16", "model"));
+    let (a, b) = (losses(&fp32), losses(&bf16));
+    assert_eq!(a.len(), 30);
+    // The first step sees identical weights: only bf16 rounding differs.
+    let first = (a[0].1 - b[0].1).abs() / a[0].1;
+    assert!(first > 0.0 && first < 0.005, "step 1: fp32 {} vs bf16 {}", a[0].1, b[0].1);
+    let mean = |xs: &[(u64, f64)]| xs.iter().map(|x| x.1).sum::<f64>() / xs.len() as f64;
+    let (late_a, late_b) = (mean(&a[20..]), mean(&b[20..]));
+    assert!((late_a - late_b).abs() / late_a < 0.01, "steps 21-30: fp32 {late_a:.4} vs bf16 {late_b:.4}");
+    assert!(late_b < mean(&b[..10]) * 0.9, "bf16 loss falls");
+    assert!(safetensors_dtypes(&bf16.join("model.safetensors")).iter().all(|d| d == "F32"), "fp32 master weights");
+    let lora = losses(&artifact(&s, "lora", "adapter"));
+    assert!(mean(&lora[20..]) < mean(&lora[..10]) * 0.9, "bf16 LoRA loss falls");
+}
+
+#[test]
+fn fp16_training_is_refused_before_anything_runs() {
+    let s = Sandbox::new();
+    pipeline(&s, &stage("max_steps: 2, dtype: fp16", "train-full", "full"));
+    let out = s.run(&["run", "p.yaml"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("fp16 overflows in T5 and training has no loss scaling; use bf16"), "{}", out.stderr);
+}

@@ -4,6 +4,8 @@
 //! build with the `torch` feature.
 
 pub mod atomic;
+#[cfg(feature = "torch")]
+pub mod autocast;
 pub mod error;
 #[cfg(feature = "torch")]
 pub mod generate;

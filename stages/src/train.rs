@@ -3,7 +3,7 @@
 //! resume, then step — loss, backward, clip, AdamW, schedule — with validation and atomic
 //! checkpoints on a cadence. What the lab gets wrong is done right here: label padding is
 //! ignored (-100), batches are length-bucketed under a token budget, weights stay fp32 (bf16
-//! autocast on CUDA), and weight decay is decoupled.
+//! autocast on CUDA, see `autocast`), and weight decay is decoupled.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::atomic::{atomic_write, sync_tree};
+use crate::autocast;
 use crate::error::StageError;
 use crate::lora::{self, LoraSettings};
 use crate::model_ref;
@@ -23,7 +24,7 @@ use crate::optim::{linear_schedule, AdamW};
 use crate::stage::{
     ArtifactKind, FileInput, InputRef, InputSlot, OutputDecl, ParamError, Resource, Stage, StageContext,
 };
-use crate::t5::device::{self, DeviceChoice};
+use crate::t5::device::{self, DeviceChoice, DtypeChoice};
 use crate::t5::{loader, weights, T5};
 use crate::tokenize::TokenTable;
 
@@ -87,6 +88,11 @@ pub struct TrainParams {
     /// `auto`, `cpu` or `cuda`.
     #[serde(default)]
     pub device: DeviceChoice,
+    /// Compute precision: `auto` (bf16 on CUDA, fp32 on the CPU), `fp32` or `bf16`. bf16 is
+    /// autocast: matrix products in bf16, norms and the loss in fp32, and weights, gradients
+    /// and AdamW's moments fp32 throughout. `fp16` is refused (T5 overflows in it).
+    #[serde(default)]
+    pub dtype: DtypeChoice,
 }
 
 fn one() -> u64 {
@@ -115,6 +121,17 @@ pub enum Method {
     Full,
     /// Only adapters train; the base is frozen.
     Lora,
+}
+
+impl TrainParams {
+    /// Whether the forward pass runs under bf16 autocast on `device`.
+    fn bf16(&self, device: Device) -> bool {
+        match self.dtype {
+            DtypeChoice::Auto => device.is_cuda(),
+            DtypeChoice::Bf16 => true,
+            DtypeChoice::Fp32 | DtypeChoice::Fp16 => false,
+        }
+    }
 }
 
 impl Method {
@@ -291,12 +308,14 @@ impl Checkpoints {
 
 /// Mean loss over `tokens` in eval mode.
 fn validation_loss(b: &Built, tokens: &TokenTable, p: &TrainParams, device: Device) -> f64 {
+    let bf16 = p.bf16(device);
     tch::no_grad(|| {
         let (mut sum, mut n) = (0.0, 0usize);
         for rows in batches(tokens, p.batch_tokens, p.max_batch_rows, 0, 0) {
             let (x, mask, y) = collate(tokens, &rows, device);
             let targets = y.ne(-100).sum(Kind::Int64).int64_value(&[]) as usize;
-            sum += b.model.loss(&x, &mask, &y, false).double_value(&[]) * targets as f64;
+            let loss = autocast::bf16(device, bf16, || b.model.loss(&x, &mask, &y, false));
+            sum += loss.double_value(&[]) * targets as f64;
             n += targets;
         }
         sum / n.max(1) as f64
@@ -313,6 +332,7 @@ pub fn train(
     ctx: &StageContext,
 ) -> Result<Progress, StageError> {
     let device = b.trainable().device();
+    let bf16 = p.bf16(device);
     let lr = p.lr.expect("defaults filled");
     let mut opt = AdamW::new(weights::variables(b.trainable()), p.weight_decay.expect("defaults filled"));
     let per_epoch = batches(train, p.batch_tokens, p.max_batch_rows, p.seed, 0).len() as u64;
@@ -341,7 +361,11 @@ pub fn train(
         let (x, mask, y) = collate(train, rows, device);
         // Dropout draws from a generator seeded per step, so a resumed run repeats it exactly.
         tch::manual_seed((p.seed as i64).wrapping_mul(7919).wrapping_add(progress.step as i64));
-        let loss = tch::autocast(device.is_cuda(), || b.model.loss(&x, &mask, &y, true));
+        let loss = autocast::bf16(device, bf16, || b.model.loss(&x, &mask, &y, true));
+        loss.backward();
+        let _norm = opt.clip_grad_norm(p.grad_clip);
+        // The step's one wait for the device: the loss, read once backward is queued. A
+        // non-finite loss skips the update, so the weights never see its gradients.
         let value = loss.double_value(&[]);
         progress.batch += 1;
         if !value.is_finite() {
@@ -359,8 +383,6 @@ pub fn train(
             continue;
         }
         bad = 0;
-        loss.backward();
-        opt.clip_grad_norm(p.grad_clip);
         let step_lr = linear_schedule(progress.step, p.warmup_steps, total, lr);
         opt.update(step_lr);
         opt.zero_grad();
@@ -486,6 +508,9 @@ fn check(method: Method, p: &TrainParams) -> Vec<ParamError> {
     }
     if p.lr.is_some_and(|lr| lr.is_nan() || lr <= 0.0) {
         errors.push(ParamError::new("lr", "must be positive"));
+    }
+    if p.dtype == DtypeChoice::Fp16 {
+        errors.push(ParamError::new("dtype", "fp16 overflows in T5 and training has no loss scaling; use bf16"));
     }
     if p.epochs == 0 && p.max_steps.is_none() {
         errors.push(ParamError::new("epochs", "must be at least 1"));

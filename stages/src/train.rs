@@ -306,19 +306,21 @@ impl Checkpoints {
     }
 }
 
-/// Mean loss over `tokens` in eval mode.
+/// Mean loss over `tokens` in eval mode, summed on the device and read once.
 fn validation_loss(b: &Built, tokens: &TokenTable, p: &TrainParams, device: Device) -> f64 {
     let bf16 = p.bf16(device);
     tch::no_grad(|| {
-        let (mut sum, mut n) = (0.0, 0usize);
+        let mut sum = Tensor::zeros([], (Kind::Double, device));
+        let mut n = 0usize;
         for rows in batches(tokens, p.batch_tokens, p.max_batch_rows, 0, 0) {
             let (x, mask, y) = collate(tokens, &rows, device);
-            let targets = y.ne(-100).sum(Kind::Int64).int64_value(&[]) as usize;
+            // Every label token counts (padding is -100 and not in `labels`).
+            let targets: usize = rows.iter().map(|&r| tokens.labels[r].len()).sum();
             let loss = autocast::bf16(device, bf16, || b.model.loss(&x, &mask, &y, false));
-            sum += loss.double_value(&[]) * targets as f64;
+            sum += loss.to_kind(Kind::Double) * targets as f64;
             n += targets;
         }
-        sum / n.max(1) as f64
+        sum.double_value(&[]) / n.max(1) as f64
     })
 }
 

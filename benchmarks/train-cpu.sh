@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Training on the CPU, timed: `sumflow bench` on the flan-t5-base shape in fp32 and in bf16
-# autocast (3 steps of 4,096-token batches per method; the first step is timed too), then the
+# autocast (4 steps of 4,096-token batches per method; the first warms up, untimed), then the
 # lab's Python settings on the same model (fp32 on the CPU, rows padded to 512; batches of 4,
 # as the lab's 8 need more than 24 GiB here; 2 timed steps after a warm-up), and the table
 # with ratios. Needs `make build`; about 10 minutes on 2 cores. MODEL: a flan-t5-base-shape
@@ -15,7 +15,7 @@ sumflow=./target/release/sumflow
 mkdir -p "$out"
 [ -f "$model/model.safetensors" ] || $sumflow make-model --arch flan-t5-base --tokenizer-data $data --out "$model"
 for dtype in fp32 bf16; do
-  $sumflow bench --model "$model" --device cpu --dtype $dtype --train-steps 3 --batch-tokens 4096 \
+  $sumflow bench --model "$model" --device cpu --dtype $dtype --train-steps 4 --batch-tokens 4096 \
     --generate 0 --generate-one-at-a-time 0 --json "$out/train-cpu-$dtype.json" >/dev/null
 done
 "$python" python/bench_lab.py "$model" $data 2 0 1 cpu 0 4 > "$out/train-cpu-lab.json"

@@ -24,7 +24,7 @@ pub struct BenchOptions {
     /// `cpu`, `cuda` or `auto`.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Training steps timed per method.
+    /// Training steps per method (the first warms up and is not timed).
     #[arg(long, default_value_t = 20)]
     pub train_steps: u64,
     /// Tokens per training batch.
@@ -197,18 +197,21 @@ mod imp {
         let b = build(method, &o.model, &p, sumflow_stages::t5::device::device(device(&o.device)?)?)?;
         let (trainable, total) = b.parameter_report();
         let ctx = StageContext::new("bench", Default::default(), work.join("out"), work.join("work"), &NoProgress);
-        // The batches the timed steps see: rows and real tokens.
-        let epoch = batches(tokens, p.batch_tokens, p.max_batch_rows, p.seed, 0);
-        let timed: Vec<&Vec<usize>> = epoch.iter().take(o.train_steps as usize).collect();
-        let rows: usize = timed.iter().map(|b| b.len()).sum();
-        let real: usize =
-            timed.iter().flat_map(|b| b.iter()).map(|&r| tokens.input_ids[r].len() + tokens.labels[r].len()).sum();
-        let all: usize = tokens.input_ids.iter().chain(&tokens.labels).map(Vec::len).sum();
         let meter = Meter::start();
-        let t0 = Instant::now();
-        train(&b, tokens, None, &p, &work.join("work"), &ctx)?;
-        let seconds = t0.elapsed().as_secs_f64();
+        let progress = train(&b, tokens, None, &p, &work.join("work"), &ctx)?;
         let (peak_rss_mb, peak_gpu_mb) = meter.stop();
+        // The first step warms up (kernel choice, the allocator's first growth) and is not
+        // timed, as on the Python side; a later step's time is its real tokens over the
+        // tokens/s it recorded (its forward and backward, and the previous step's update).
+        let epoch = batches(tokens, p.batch_tokens, p.max_batch_rows, p.seed, 0);
+        let (mut rows, mut real, mut seconds) = (0, 0, 0.0);
+        for (batch, &(_, _, _, tokens_per_s)) in epoch.iter().zip(&progress.losses).skip(1) {
+            let n: usize = batch.iter().map(|&r| tokens.input_ids[r].len() + tokens.labels[r].len()).sum();
+            rows += batch.len();
+            real += n;
+            seconds += n as f64 / tokens_per_s;
+        }
+        let all: usize = tokens.input_ids.iter().chain(&tokens.labels).map(Vec::len).sum();
         let flops_per_token = if method == Method::Full { 6.0 } else { 4.0 }
             * (total - if method == Method::Lora { trainable } else { 0 }) as f64;
         let tflops = flops_per_token * real as f64 / seconds / 1e12;
@@ -217,7 +220,7 @@ mod imp {
             Method::Lora => "train, LoRA r32 q,v",
         };
         let f = Figures {
-            what: format!("{what} ({} steps)", timed.len()),
+            what: format!("{what} ({} steps after 1 warm-up)", progress.losses.len().saturating_sub(1)),
             per_s: rows as f64 / seconds,
             tokens_per_s: real as f64 / seconds,
             tflops,
@@ -232,6 +235,9 @@ mod imp {
 
     /// Runs every measurement.
     pub fn bench(o: &BenchOptions) -> Result<BenchReport, Error> {
+        if o.train_steps < 2 {
+            return Err(Error::Usage("--train-steps: at least 2 (the first warms up and is not timed)".into()));
+        }
         let runtime = sumflow_stages::runtime::describe();
         let peak = runtime.get("gpus").and_then(|g| peak_tflops(g)).filter(|_| o.device != "cpu");
         let work = tempdir()?;

@@ -174,7 +174,7 @@ fn bench_measures_training_generation_and_scoring() {
         "--results",
         results.to_str().unwrap(),
         "--train-steps",
-        "2",
+        "3",
         "--batch-tokens",
         "2048",
         "--generate",
@@ -187,7 +187,8 @@ fn bench_measures_training_generation_and_scoring() {
         json.to_str().unwrap(),
     ]);
     assert!(
-        out.stdout.contains("train, full fine-tuning (2 steps)") && out.stdout.contains("score, ROUGE (4500 pairs)"),
+        out.stdout.contains("train, full fine-tuning (2 steps after 1 warm-up)")
+            && out.stdout.contains("score, ROUGE (4500 pairs)"),
         "{}",
         out.stdout
     );
@@ -196,4 +197,8 @@ fn bench_measures_training_generation_and_scoring() {
     assert_eq!(figures.len(), 5);
     assert!(figures.iter().all(|f| f["per_s"].as_f64().unwrap() > 0.0));
     assert!(figures[0]["tflops"].as_f64().unwrap() > 0.0 && figures[0]["epoch_s"].as_f64().unwrap() > 0.0);
+    // One step would leave nothing timed.
+    let one = s.run(&["bench", "--model", m, "--device", "cpu", "--train-steps", "1"]);
+    assert_ne!(one.code, 0);
+    assert!(one.stderr.contains("--train-steps: at least 2 (the first warms up and is not timed)"), "{}", one.stderr);
 }

@@ -203,10 +203,12 @@ mod imp {
         // The first step warms up (kernel choice, the allocator's first growth) and is not
         // timed, as on the Python side; a later step's time is its real tokens over the
         // tokens/s it recorded (its forward and backward, and the previous step's update).
+        // Steps past the first epoch are left out (the next epoch's batches come in another order).
         let epoch = batches(tokens, p.batch_tokens, p.max_batch_rows, p.seed, 0);
-        let (mut rows, mut real, mut seconds) = (0, 0, 0.0);
+        let (mut steps, mut rows, mut real, mut seconds) = (0, 0, 0, 0.0);
         for (batch, &(_, _, _, tokens_per_s)) in epoch.iter().zip(&progress.losses).skip(1) {
             let n: usize = batch.iter().map(|&r| tokens.input_ids[r].len() + tokens.labels[r].len()).sum();
+            steps += 1;
             rows += batch.len();
             real += n;
             seconds += n as f64 / tokens_per_s;
@@ -220,7 +222,7 @@ mod imp {
             Method::Lora => "train, LoRA r32 q,v",
         };
         let f = Figures {
-            what: format!("{what} ({} steps after 1 warm-up)", progress.losses.len().saturating_sub(1)),
+            what: format!("{what} ({steps} steps after 1 warm-up)"),
             per_s: rows as f64 / seconds,
             tokens_per_s: real as f64 / seconds,
             tflops,

@@ -172,9 +172,16 @@ mod imp {
         }
     }
 
+    /// The `--device` and `--dtype` choices, parsed once before anything runs.
+    struct Choices {
+        device: DeviceChoice,
+        dtype: DtypeChoice,
+    }
+
     fn train_figures(
         method: Method,
         o: &BenchOptions,
+        c: &Choices,
         tokens: &TokenTable,
         peak: Option<f64>,
         work: &Path,
@@ -182,10 +189,8 @@ mod imp {
         let lora =
             if method == Method::Lora { "lora: {r: 32, alpha: 32, dropout: 0.05, targets: [q, v]}\n" } else { "" };
         let mut p: TrainParams = serde_yaml::from_str(&format!(
-            "train: t\nmodel: {}\ndevice: {}\ndtype: {}\nmax_steps: {}\nbatch_tokens: {}\ncheckpoint_every: 0\n{lora}",
+            "train: t\nmodel: {}\nmax_steps: {}\nbatch_tokens: {}\ncheckpoint_every: 0\n{lora}",
             o.model.display(),
-            o.device,
-            o.dtype,
             o.train_steps,
             o.batch_tokens
         ))
@@ -194,7 +199,8 @@ mod imp {
             Method::Full => (p.lr, p.weight_decay) = (Some(1e-5), Some(0.01)),
             Method::Lora => (p.lr, p.weight_decay) = (Some(1e-3), Some(0.0)),
         }
-        let b = build(method, &o.model, &p, sumflow_stages::t5::device::device(device(&o.device)?)?)?;
+        (p.device, p.dtype) = (c.device, c.dtype);
+        let b = build(method, &o.model, &p, sumflow_stages::t5::device::device(c.device)?)?;
         let (trainable, total) = b.parameter_report();
         let ctx = StageContext::new("bench", Default::default(), work.join("out"), work.join("work"), &NoProgress);
         let meter = Meter::start();
@@ -240,6 +246,7 @@ mod imp {
         if o.train_steps < 2 {
             return Err(Error::Usage("--train-steps: at least 2 (the first warms up and is not timed)".into()));
         }
+        let c = Choices { device: device(&o.device)?, dtype: dtype(&o.dtype)? };
         let runtime = sumflow_stages::runtime::describe();
         let peak = runtime.get("gpus").and_then(|g| peak_tflops(g)).filter(|_| o.device != "cpu");
         let work = tempdir()?;
@@ -249,16 +256,16 @@ mod imp {
             .map_err(|e| Error::Usage(e.to_string()))?;
         let (tokens, _) = tokenize(&train_table, &model, &tp, "train")?;
         let mut figures = Vec::new();
-        let (full, parameters) = train_figures(Method::Full, o, &tokens, peak, &work.join("full"))?;
+        let (full, parameters) = train_figures(Method::Full, o, &c, &tokens, peak, &work.join("full"))?;
         figures.push(full);
-        figures.push(train_figures(Method::Lora, o, &tokens, peak, &work.join("lora"))?.0);
+        figures.push(train_figures(Method::Lora, o, &c, &tokens, peak, &work.join("lora"))?.0);
 
         // Generation: distinct test dialogues, batched and one at a time.
         let test = read_table(&o.data.join("test.csv"), None)?;
         let mut prompts: Vec<String> =
             test.column("dialogue", "test")?.iter().map(|d| render(LAB_TEMPLATE, d)).collect();
         prompts.dedup();
-        let m = open(&o.model, None, device(&o.device)?, dtype(&o.dtype)?, false)?;
+        let m = open(&o.model, None, c.device, c.dtype, false)?;
         for (label, n, one) in [
             ("generate, batched", o.generate, false),
             ("generate, one at a time (lab loop)", o.generate_one_at_a_time, true),

@@ -197,7 +197,10 @@ fn bench_measures_training_generation_and_scoring() {
     assert_eq!(figures.len(), 5);
     assert!(figures.iter().all(|f| f["per_s"].as_f64().unwrap() > 0.0));
     assert!(figures[0]["tflops"].as_f64().unwrap() > 0.0 && figures[0]["epoch_s"].as_f64().unwrap() > 0.0);
-    // One step would leave nothing timed.
+    // A bad choice is refused before anything runs; one step would leave nothing timed.
+    let fp16 = s.run(&["bench", "--model", m, "--device", "cpu", "--dtype", "fp16"]);
+    assert_ne!(fp16.code, 0);
+    assert!(fp16.stderr.contains("--dtype fp16: use auto, fp32 or bf16"), "{}", fp16.stderr);
     let one = s.run(&["bench", "--model", m, "--device", "cpu", "--train-steps", "1"]);
     assert_ne!(one.code, 0);
     assert!(one.stderr.contains("--train-steps: at least 2 (the first warms up and is not timed)"), "{}", one.stderr);

@@ -33,18 +33,17 @@ pub struct AdamW {
 
 impl AdamW {
     /// An optimizer over `params` (PyTorch's defaults: betas 0.9, 0.999; eps 1e-8). The
-    /// parameters (one kind, one device) are moved into a flat buffer they then view.
+    /// parameters (fp32 master weights, one device) are moved into a flat buffer they then view.
     pub fn new(params: BTreeMap<String, Tensor>, weight_decay: f64) -> Self {
-        let first = params.values().next();
-        let (kind, device) = first.map_or((Kind::Float, tch::Device::Cpu), |p| (p.kind(), p.device()));
+        let device = params.values().next().map_or(tch::Device::Cpu, |p| p.device());
         let total: i64 = params.values().map(|p| p.numel() as i64).sum();
-        let flat = Tensor::zeros([total], (kind, device));
+        let flat = Tensor::zeros([total], (Kind::Float, device));
         let mut layout = Vec::new();
         let mut views = Vec::new();
         let mut offset = 0;
         tch::no_grad(|| {
             for (name, mut p) in params {
-                assert_eq!((p.kind(), p.device()), (kind, device), "`{name}`: one kind and device for all parameters");
+                assert_eq!((p.kind(), p.device()), (Kind::Float, device), "`{name}`: fp32, on one device");
                 let n = p.numel() as i64;
                 let view = flat.narrow(0, offset, n).view(p.size().as_slice());
                 view.shallow_clone().copy_(&p);
@@ -70,7 +69,7 @@ impl AdamW {
         }
     }
 
-    /// The gradients as one flat fp32 tensor, gathered once per step. A parameter without a
+    /// The gradients as one flat tensor, gathered once per step. A parameter without a
     /// gradient counts as a zero gradient (so, unlike `torch.optim.AdamW`, it still decays); in
     /// T5 every trainable tensor gets one.
     fn grads(&mut self) -> &Tensor {
@@ -91,7 +90,7 @@ impl AdamW {
                 if parts.is_empty() {
                     return Tensor::zeros([0], (Kind::Float, tch::Device::Cpu));
                 }
-                Tensor::cat(&parts, 0).to_kind(Kind::Float)
+                Tensor::cat(&parts, 0)
             })
         })
     }
@@ -110,14 +109,8 @@ impl AdamW {
             let _ = self.v.g_mul_scalar_(beta2);
             let _ = self.v.addcmul_(&(&g * (1.0 - beta2)), &g);
             let denom = self.v.sqrt().g_div_scalar_(bc2.sqrt()).g_add_scalar_(eps);
-            let step = &self.m * (-lr / bc1);
-            if self.flat.kind() == Kind::Float {
-                let _ = self.flat.g_mul_scalar_(1.0 - lr * wd);
-                let _ = self.flat.addcdiv_(&step, &denom);
-            } else {
-                let updated = (self.flat.to_kind(Kind::Float) * (1.0 - lr * wd)).addcdiv_(&step, &denom);
-                self.flat.copy_(&updated.to_kind(self.flat.kind()));
-            }
+            let _ = self.flat.g_mul_scalar_(1.0 - lr * wd);
+            let _ = self.flat.addcdiv_(&(&self.m * (-lr / bc1)), &denom);
         });
         self.grads = None;
     }

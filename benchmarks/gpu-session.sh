@@ -3,7 +3,8 @@
 #
 #   bash benchmarks/gpu-session.sh DATA OUT bench   # sumflow bench beside the lab's Python path
 #   bash benchmarks/gpu-session.sh DATA OUT lab     # the lab pipeline, full DialogSum, 1 epoch each
-#   bash benchmarks/gpu-session.sh DATA OUT check   # both, tiny and short, on the CPU (a dry run)
+#   bash benchmarks/gpu-session.sh DATA OUT levers  # where a training step goes; batch-size levers
+#   bash benchmarks/gpu-session.sh DATA OUT check   # all three, tiny and short, on the CPU (a dry run)
 #
 # DATA holds `dialogsum/` and `lab-results/` (a copy of ../shared/data: the device machine gets
 # only the checkout, so copy them into the ignored .carry/ and carry it with the binary, see
@@ -25,9 +26,10 @@ sumflow=./target/release/sumflow
 case $what in
   # The dry run also goes through bf16 (autocast in training), what CUDA runs by default.
   check) arch=tiny; device=cpu; bench=(--train-steps 3 --generate 40 --generate-one-at-a-time 4 --max-new-tokens 16 --batch-tokens 4096 --dtype bf16)
-         lab=(--set subsample=100 --set max_steps=4 --set max_new_tokens=8 --set train_dtype=bf16 --set gen_dtype=bf16) ;;
+         lab=(--set subsample=100 --set max_steps=4 --set max_new_tokens=8 --set train_dtype=bf16 --set gen_dtype=bf16)
+         steps=3; big=(--batch-tokens 8192 --max-batch-rows 256); gen=(--generate 40 --generate-batch-tokens 2048 --max-new-tokens 16) ;;
   *)     arch=flan-t5-base; device=cuda; bench=(--train-steps 30 --generate 500 --generate-one-at-a-time 20 --max-new-tokens 40)
-         lab=() ;;
+         lab=(); steps=10; big=(--batch-tokens 65536 --max-batch-rows 256); gen=(--generate 500 --generate-batch-tokens 65536) ;;
 esac
 model=$SUMFLOW_CACHE/models/$arch
 [ -f "$model/model.safetensors" ] || "$sumflow" make-model --arch $arch --tokenizer-data "$data/dialogsum" --out "$model"
@@ -35,6 +37,16 @@ model=$SUMFLOW_CACHE/models/$arch
 if [ "$what" = bench ] || [ "$what" = check ]; then
   BENCH_OUT=$out bash benchmarks/bench.sh "$model" --device $device --data "$data/dialogsum" \
     --results "$data/lab-results/dialogue-summary-training-results.csv" "${bench[@]}" | tee "$out/bench.txt"
+fi
+if [ "$what" = levers ] || [ "$what" = check ]; then
+  # The training step phase by phase (each phase waited for: host issue time vs device time),
+  # then 4× larger batches (fewer launches per token), then generation in the old 65,536-token
+  # batches (the default on CUDA is now one batch for the whole test set).
+  one=(--model "$model" --device $device --data "$data/dialogsum" --results "$data/lab-results/dialogue-summary-training-results.csv")
+  none=(--generate 0 --generate-one-at-a-time 0)
+  { SUMFLOW_PROFILE=1 "$sumflow" bench "${one[@]}" --train-steps $steps "${none[@]}"
+    "$sumflow" bench "${one[@]}" --train-steps $steps "${big[@]}" "${none[@]}"
+    "$sumflow" bench "${one[@]}" --train-steps 2 "${gen[@]}" --generate-one-at-a-time 0; } 2>&1 | tee "$out/levers.txt"
 fi
 if [ "$what" = lab ] || [ "$what" = check ]; then
   "$sumflow" run pipelines/dialogsum-flan-t5.yaml --set model="$model" --set data="$data/dialogsum" \

@@ -30,6 +30,12 @@ pub struct BenchOptions {
     /// Tokens per training batch.
     #[arg(long, default_value_t = 16384)]
     pub batch_tokens: usize,
+    /// Rows per training batch at most (the training stages' default).
+    #[arg(long, default_value_t = 64)]
+    pub max_batch_rows: usize,
+    /// Tokens per generation batch (default: the `generate` stage's for the device).
+    #[arg(long)]
+    pub generate_batch_tokens: Option<usize>,
     /// Distinct test dialogues generated in batches.
     #[arg(long, default_value_t = 500)]
     pub generate: usize,
@@ -189,10 +195,11 @@ mod imp {
         let lora =
             if method == Method::Lora { "lora: {r: 32, alpha: 32, dropout: 0.05, targets: [q, v]}\n" } else { "" };
         let mut p: TrainParams = serde_yaml::from_str(&format!(
-            "train: t\nmodel: {}\nmax_steps: {}\nbatch_tokens: {}\ncheckpoint_every: 0\n{lora}",
+            "train: t\nmodel: {}\nmax_steps: {}\nbatch_tokens: {}\nmax_batch_rows: {}\ncheckpoint_every: 0\n{lora}",
             o.model.display(),
             o.train_steps,
-            o.batch_tokens
+            o.batch_tokens,
+            o.max_batch_rows
         ))
         .map_err(|e| Error::Usage(e.to_string()))?;
         match method {
@@ -278,7 +285,7 @@ mod imp {
                 max_source_tokens: 512,
                 max_new_tokens: o.max_new_tokens,
                 decoding: Strategy::Greedy,
-                batch_tokens: 65536,
+                batch_tokens: o.generate_batch_tokens,
                 one_at_a_time: one,
             };
             let meter = Meter::start();

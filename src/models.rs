@@ -128,7 +128,7 @@ mod imp {
             max_source_tokens: 512,
             max_new_tokens,
             decoding,
-            batch_tokens: 16384,
+            batch_tokens: None,
             one_at_a_time: false,
         };
         let prompts: Vec<String> = dialogues.iter().map(|d| render(LAB_TEMPLATE, d)).collect();

@@ -25,6 +25,8 @@ pub mod rouge;
 pub mod runtime;
 pub mod score;
 pub mod stage;
+#[cfg(feature = "torch")]
+pub mod step_profile;
 pub mod subsample;
 #[cfg(feature = "torch")]
 pub mod t5;

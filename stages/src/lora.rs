@@ -187,6 +187,14 @@ pub fn load_adapter(model: &mut T5, dir: &Path, device: tch::Device) -> Result<n
     Ok(vs)
 }
 
+/// Folds every adapter of `model` into its base weights, in place, and removes it (for
+/// inference: [`crate::generate::open`]).
+pub fn fold(model: &mut T5) {
+    for (_, attn) in attention_modules(model) {
+        attn.fold_lora();
+    }
+}
+
 /// Writes a standalone model: `base` with the adapter in `adapter` merged into its weights.
 pub fn merge(adapter: &Path, base: &Path, out: &Path) -> Result<(), StageError> {
     let mut m = crate::t5::loader::load(base, tch::Device::Cpu, tch::Kind::Float)?;

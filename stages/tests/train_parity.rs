@@ -8,9 +8,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use sumflow_stages::generate::open;
 use sumflow_stages::load::read_table;
 use sumflow_stages::make_model::{make_model, MakeModelParams};
 use sumflow_stages::t5::decode::{generate, Strategy};
+use sumflow_stages::t5::device::{DeviceChoice, DtypeChoice};
 use sumflow_stages::t5::{loader, weights};
 use sumflow_stages::table::Table;
 use sumflow_stages::tokenize::{tokenize, TokenTable, TokenizeParams};
@@ -179,5 +181,9 @@ fn lora_adapter_loads_in_peft_with_the_same_logits_and_merges_to_the_same_summar
     let a = generate(&m.model, &x, &mask, 20, &Strategy::Greedy);
     let c = generate(&mm.model, &x, &mask, 20, &Strategy::Greedy);
     assert_eq!(a, c);
+    // The `generate` stage's way: the adapter folded into the weights on loading.
+    let folded = open(&model, Some(&adapter), DeviceChoice::Cpu, DtypeChoice::Fp32, false).unwrap();
+    assert!(folded.adapters.is_none());
+    assert_eq!(generate(&folded.model, &x, &mask, 20, &Strategy::Greedy), a);
     let _ = Table::default();
 }

@@ -169,6 +169,20 @@ impl Attention {
         (&self.base(i).ws, self.lora[i].as_ref())
     }
 
+    /// Folds each adapter into its base weight (`W += scale · B A`, in the weight's precision)
+    /// and removes it: the same projection at inference, without the adapter's two extra
+    /// products. The weights change in place (in their variable store too).
+    pub fn fold_lora(&mut self) {
+        for i in 0..Self::PROJECTIONS.len() {
+            if let Some(l) = self.lora[i].take() {
+                let w = &self.base(i).ws;
+                tch::no_grad(|| {
+                    let _ = w.shallow_clone().g_add_(&l.delta().to_kind(w.kind()));
+                });
+            }
+        }
+    }
+
     /// Projection `i` of `x`: the base layer plus its adapter.
     fn project(&self, i: usize, x: &Tensor, train: bool) -> Tensor {
         use tch::nn::Module;

@@ -64,6 +64,13 @@ impl Loaded {
         self.adapters = Some(vs);
         Ok(self)
     }
+
+    /// Folds the applied adapter into the base weights and drops it (see
+    /// [`crate::lora::fold`]): for inference, where the adapter no longer trains.
+    pub fn fold_adapter(&mut self) {
+        crate::lora::fold(&mut self.model);
+        self.adapters = None;
+    }
 }
 
 /// Copies a model folder's configs and tokenizer (not its weights) into `out`.

@@ -144,14 +144,14 @@ fn is_oom(panic: &(dyn std::any::Any + Send)) -> bool {
     msg.contains("out of memory")
 }
 
-/// Tokens per generation batch unless asked otherwise. On CUDA a decoding step costs nearly
-/// the same for a few rows as for many (its time goes to launching the step's kernels), so the
-/// fewer batches the better: 262,144 tokens hold DialogSum's 500 test dialogues at once (25 GB
-/// for flan-t5-base in bf16; halved on out-of-memory). Measured on an H200, flan-t5-base, bf16:
-/// the lab's 500 × 200 new tokens took 3.9 s in one batch, 18.8 s in seven of 16,384 tokens
-/// (before the fused norm); for 40-token summaries three batches of 65,536 tokens are faster
-/// (1.24 s against 1.52 s: one batch pads every row to the longest dialogue). On the CPU the
-/// decoder's cost grows with its rows; 65,536 is what the CPU figures were measured with.
+/// Tokens per generation batch unless asked otherwise. On CUDA a decoding step's cost grows
+/// slowly with its rows (flan-t5-base on an H200, bf16: ≈ 10 ms per step in batches of 65,536
+/// tokens, ≈ 19 ms with all of DialogSum's 500 test dialogues in one batch, every row padded to
+/// 512), so fewer, larger batches win when summaries are long: the lab's 500 × 200 new tokens
+/// took 3.9 s in one batch of 262,144 tokens (25 GB; halved on out-of-memory), where seven
+/// batches of 16,384 took 18.8 s (before the fused norm). For 40-token summaries three batches
+/// of 65,536 are faster (1.24 s against 1.52 s). On the CPU the decoder's cost grows with its
+/// rows; 65,536 is what the CPU figures were measured with.
 pub fn default_batch_tokens(device: Device) -> usize {
     if device.is_cuda() {
         262_144

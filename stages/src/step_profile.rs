@@ -2,7 +2,8 @@
 //! phase; at a mark the profile first notes how long the host took to *issue* the phase's work,
 //! then waits for the device and notes how much longer the device needed. Waiting at every
 //! phase slows the step (host and device no longer overlap), so the figures are a breakdown,
-//! not a speed: a phase whose device wait is near zero is bound by the host launching kernels.
+//! not a speed. A device wait near zero means the device kept up with the host — or that the
+//! host was held back by a full launch queue; comparing batch sizes tells the two apart.
 
 use std::time::{Duration, Instant};
 

@@ -39,15 +39,16 @@ if [ "$what" = bench ] || [ "$what" = check ]; then
     --results "$data/lab-results/dialogue-summary-training-results.csv" "${bench[@]}" | tee "$out/bench.txt"
 fi
 if [ "$what" = levers ] || [ "$what" = check ]; then
-  # Training as shipped, then with expandable allocator segments (the first training of a
-  # process ran slow on the H200: the allocator growing for each new batch shape?), then
-  # phase by phase (each phase waited for: host issue time vs device time), then in 4× larger
-  # batches (fewer launches per token); last, generation in 65,536-token batches (CUDA's
-  # default is one batch for the whole test set).
+  # Training as shipped; with expandable allocator segments (the first training of a process
+  # ran slow on the H200: the allocator growing for each new batch shape?); with batches padded
+  # to multiples of 64 tokens (8 source widths instead of hundreds); phase by phase (each phase
+  # waited for: host issue time vs device time); in 4× larger batches (fewer launches per
+  # token); last, generation in 65,536-token batches (CUDA's default: one batch for all).
   one=(--model "$model" --device $device --data "$data/dialogsum" --results "$data/lab-results/dialogue-summary-training-results.csv")
   none=(--generate 0 --generate-one-at-a-time 0)
   { "$sumflow" bench "${one[@]}" --train-steps $steps "${none[@]}"
     PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "$sumflow" bench "${one[@]}" --train-steps $steps "${none[@]}"
+    "$sumflow" bench "${one[@]}" --train-steps $steps --pad-to-multiple-of 64 "${none[@]}"
     SUMFLOW_PROFILE=1 "$sumflow" bench "${one[@]}" --train-steps $steps "${none[@]}"
     "$sumflow" bench "${one[@]}" --train-steps $steps "${big[@]}" "${none[@]}"
     "$sumflow" bench "${one[@]}" --train-steps 2 "${gen[@]}" --generate-one-at-a-time 0; } 2>&1 | tee "$out/levers.txt"

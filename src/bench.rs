@@ -33,6 +33,9 @@ pub struct BenchOptions {
     /// Rows per training batch at most (the training stages' default).
     #[arg(long, default_value_t = 64)]
     pub max_batch_rows: usize,
+    /// Training batches padded to a multiple of this many tokens (1: to the longest row).
+    #[arg(long, default_value_t = 1)]
+    pub pad_to_multiple_of: usize,
     /// Tokens per generation batch (default: the `generate` stage's for the device).
     #[arg(long)]
     pub generate_batch_tokens: Option<usize>,
@@ -195,11 +198,13 @@ mod imp {
         let lora =
             if method == Method::Lora { "lora: {r: 32, alpha: 32, dropout: 0.05, targets: [q, v]}\n" } else { "" };
         let mut p: TrainParams = serde_yaml::from_str(&format!(
-            "train: t\nmodel: {}\nmax_steps: {}\nbatch_tokens: {}\nmax_batch_rows: {}\ncheckpoint_every: 0\n{lora}",
+            "train: t\nmodel: {}\nmax_steps: {}\nbatch_tokens: {}\nmax_batch_rows: {}\npad_to_multiple_of: {}\n\
+             checkpoint_every: 0\n{lora}",
             o.model.display(),
             o.train_steps,
             o.batch_tokens,
-            o.max_batch_rows
+            o.max_batch_rows,
+            o.pad_to_multiple_of
         ))
         .map_err(|e| Error::Usage(e.to_string()))?;
         match method {

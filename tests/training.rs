@@ -238,3 +238,12 @@ fn fp16_training_is_refused_before_anything_runs() {
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(out.stderr.contains("fp16 overflows in T5 and training has no loss scaling; use bf16"), "{}", out.stderr);
 }
+
+#[test]
+fn a_zero_padding_multiple_is_refused_naming_the_field() {
+    let s = Sandbox::new();
+    pipeline(&s, &stage("max_steps: 2, pad_to_multiple_of: 0", "train-lora", "lora"));
+    let out = s.run(&["run", "p.yaml"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("pad_to_multiple_of") && out.stderr.contains("must be at least 1"), "{}", out.stderr);
+}

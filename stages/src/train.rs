@@ -71,6 +71,12 @@ pub struct TrainParams {
     /// Most rows per batch.
     #[serde(default = "d64")]
     pub max_batch_rows: usize,
+    /// Round each batch's source and target widths up to a multiple of this (1: pad to the
+    /// longest row only). Fewer distinct shapes for the device — its allocator and its kernel
+    /// choices work per shape — for some padding; the padding is masked, so the loss is the same
+    /// (only dropout's draws land elsewhere).
+    #[serde(default = "d1")]
+    pub pad_to_multiple_of: usize,
     /// Seed of batch order, dropout and LoRA initialization.
     #[serde(default)]
     pub seed: u64,
@@ -101,6 +107,9 @@ fn one() -> u64 {
 }
 fn one_f() -> f64 {
     1.0
+}
+fn d1() -> usize {
+    1
 }
 fn d16k() -> usize {
     16384
@@ -225,10 +234,11 @@ pub fn batches(tokens: &TokenTable, budget: usize, max_rows: usize, seed: u64, e
     out
 }
 
-/// Pads a batch: sources with 0 (and a 1/0 mask), labels with -100 (ignored by the loss).
-pub fn collate(tokens: &TokenTable, rows: &[usize], device: Device) -> (Tensor, Tensor, Tensor) {
+/// Pads a batch: sources with 0 (and a 1/0 mask), labels with -100 (ignored by the loss), each
+/// to its longest row rounded up to a multiple of `multiple`.
+pub fn collate(tokens: &TokenTable, rows: &[usize], multiple: usize, device: Device) -> (Tensor, Tensor, Tensor) {
     let pad = |seqs: Vec<&Vec<i32>>, fill: i64| {
-        let w = seqs.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
+        let w = seqs.iter().map(|s| s.len()).max().unwrap_or(1).max(1).next_multiple_of(multiple.max(1));
         let flat: Vec<i64> = seqs
             .iter()
             .flat_map(|s| s.iter().map(|&t| t as i64).chain(std::iter::repeat_n(fill, w - s.len())))
@@ -314,7 +324,7 @@ fn validation_loss(b: &Built, tokens: &TokenTable, p: &TrainParams, device: Devi
         let mut sum = Tensor::zeros([], (Kind::Double, device));
         let mut n = 0usize;
         for rows in batches(tokens, p.batch_tokens, p.max_batch_rows, 0, 0) {
-            let (x, mask, y) = collate(tokens, &rows, device);
+            let (x, mask, y) = collate(tokens, &rows, p.pad_to_multiple_of, device);
             // Every label token counts (padding is -100 and not in `labels`).
             let targets: usize = rows.iter().map(|&r| tokens.labels[r].len()).sum();
             let loss = autocast::bf16(device, bf16, || b.model.loss(&x, &mask, &y, false));
@@ -366,7 +376,7 @@ pub fn train(
         let rows = &epoch_batches[progress.batch];
         // Real (non-pad) tokens, counted on the host: no device sync for a figure.
         let tokens: usize = rows.iter().map(|&r| train.input_ids[r].len() + train.labels[r].len()).sum();
-        let (x, mask, y) = collate(train, rows, device);
+        let (x, mask, y) = collate(train, rows, p.pad_to_multiple_of, device);
         mark("batch");
         // Dropout draws from a generator seeded per step, so a resumed run repeats it exactly.
         tch::manual_seed((p.seed as i64).wrapping_mul(7919).wrapping_add(progress.step as i64));
@@ -534,6 +544,9 @@ fn check(method: Method, p: &TrainParams) -> Vec<ParamError> {
     if p.dropout.is_some_and(|d| !(0.0..1.0).contains(&d)) {
         errors.push(ParamError::new("dropout", "must be in [0, 1)"));
     }
+    if p.pad_to_multiple_of == 0 {
+        errors.push(ParamError::new("pad_to_multiple_of", "must be at least 1"));
+    }
     errors
 }
 
@@ -614,3 +627,27 @@ train_stage!(
     ArtifactKind::Adapter,
     "LoRA fine-tuning, PEFT-layout adapter (lab defaults: r 32, alpha 32, dropout 0.05, q and v, lr 1e-3)"
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `pad_to_multiple_of` changes the batch's shape, not its loss (dropout off).
+    #[test]
+    fn padding_to_a_multiple_changes_shapes_not_the_loss() {
+        let (_vs, m) = crate::t5::model::tiny();
+        let tokens = TokenTable {
+            ids: vec!["a".into(), "b".into()],
+            input_ids: vec![vec![5, 6, 7, 8, 9, 1], vec![8, 9, 1]],
+            labels: vec![vec![10, 11, 12, 1], vec![12, 1]],
+        };
+        let (x, mask, y) = collate(&tokens, &[0, 1], 1, Device::Cpu);
+        let (x16, mask16, y16) = collate(&tokens, &[0, 1], 16, Device::Cpu);
+        assert_eq!((x.size(), y.size()), (vec![2, 6], vec![2, 4]));
+        assert_eq!((x16.size(), y16.size()), (vec![2, 16], vec![2, 16]));
+        assert_eq!(mask16.sum(Kind::Int64).int64_value(&[]), 9, "padding is masked");
+        let plain = m.loss(&x, &mask, &y, false).double_value(&[]);
+        let padded = m.loss(&x16, &mask16, &y16, false).double_value(&[]);
+        assert!((plain - padded).abs() < 1e-5 * plain.abs(), "{plain} vs {padded}");
+    }
+}

@@ -231,19 +231,15 @@ fn bf16_autocast_training_tracks_fp32_and_keeps_fp32_weights() {
 }
 
 #[test]
-fn fp16_training_is_refused_before_anything_runs() {
-    let s = Sandbox::new();
-    pipeline(&s, &stage("max_steps: 2, dtype: fp16", "train-full", "full"));
-    let out = s.run(&["run", "p.yaml"]);
-    assert_eq!(out.code, 1, "{}", out.stderr);
-    assert!(out.stderr.contains("fp16 overflows in T5 and training has no loss scaling; use bf16"), "{}", out.stderr);
-}
-
-#[test]
-fn a_zero_padding_multiple_is_refused_naming_the_field() {
-    let s = Sandbox::new();
-    pipeline(&s, &stage("max_steps: 2, pad_to_multiple_of: 0", "train-lora", "lora"));
-    let out = s.run(&["run", "p.yaml"]);
-    assert_eq!(out.code, 1, "{}", out.stderr);
-    assert!(out.stderr.contains("pad_to_multiple_of") && out.stderr.contains("must be at least 1"), "{}", out.stderr);
+fn bad_training_params_are_refused_before_anything_runs() {
+    for (params, kind, id, says) in [
+        ("dtype: fp16", "train-full", "full", "fp16 overflows in T5 and training has no loss scaling; use bf16"),
+        ("pad_to_multiple_of: 0", "train-lora", "lora", "pad_to_multiple_of"),
+    ] {
+        let s = Sandbox::new();
+        pipeline(&s, &stage(&format!("max_steps: 2, {params}"), kind, id));
+        let out = s.run(&["run", "p.yaml"]);
+        assert_eq!(out.code, 1, "{params}: {}", out.stderr);
+        assert!(out.stderr.contains(says), "{params}: {}", out.stderr);
+    }
 }

@@ -4,7 +4,6 @@
 //! (`base_model.model.<module>.lora_A.weight`), so that store is what the optimizer sees and
 //! what `adapter_model.safetensors` holds; the base model stays frozen in another.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -187,36 +186,21 @@ pub fn load_adapter(model: &mut T5, dir: &Path, device: tch::Device) -> Result<n
     Ok(vs)
 }
 
-/// Folds every adapter of `model` into its base weights, in place, and removes it (for
-/// inference: [`crate::generate::open`]).
+/// Folds every adapter of `model` into its base weights (`W + scale · B A`), in place, and
+/// removes it: for inference ([`crate::generate::open`]) and for [`merge`].
 pub fn fold(model: &mut T5) {
     for (_, attn) in attention_modules(model) {
         attn.fold_lora();
     }
 }
 
-/// Writes a standalone model: `base` with the adapter in `adapter` merged into its weights.
+/// Writes a standalone model: `base` with the adapter in `adapter` folded into its weights.
 pub fn merge(adapter: &Path, base: &Path, out: &Path) -> Result<(), StageError> {
-    let mut m = crate::t5::loader::load(base, tch::Device::Cpu, tch::Kind::Float)?;
-    let _adapters = load_adapter(&mut m.model, adapter, tch::Device::Cpu)?;
+    let mut m = crate::t5::loader::load(base, tch::Device::Cpu, tch::Kind::Float)?.with_adapter(adapter)?;
+    m.fold_adapter();
     std::fs::create_dir_all(out).map_err(|e| StageError::io(out, e))?;
-    weights::save(&merged_weights(&m.vs, &mut m.model), &out.join("model.safetensors"))?;
+    weights::save(&weights::variables(&m.vs), &out.join("model.safetensors"))?;
     crate::t5::loader::copy_model_files(base, out)
-}
-
-/// The base model's weights with every adapter folded in (`W + scale · B A`), by name.
-pub fn merged_weights(base: &nn::VarStore, model: &mut T5) -> BTreeMap<String, Tensor> {
-    let mut out = weights::variables(base);
-    tch::no_grad(|| {
-        for (module, attn) in attention_modules(model) {
-            for (i, name) in Attention::PROJECTIONS.iter().enumerate() {
-                if let (w, Some(l)) = attn.projection(i) {
-                    out.insert(format!("{module}.{name}.weight"), w + l.delta().to_kind(w.kind()));
-                }
-            }
-        }
-    });
-    out
 }
 
 #[cfg(test)]

@@ -164,11 +164,6 @@ impl Attention {
         [&self.q, &self.k, &self.v, &self.o][i]
     }
 
-    /// The base weight of projection `i` and its adapter, for merging.
-    pub fn projection(&self, i: usize) -> (&Tensor, Option<&Lora>) {
-        (&self.base(i).ws, self.lora[i].as_ref())
-    }
-
     /// Folds each adapter into its base weight (`W += scale · B A`, in the weight's precision)
     /// and removes it: the same projection at inference, without the adapter's two extra
     /// products. The weights change in place (in their variable store too).

@@ -4,11 +4,15 @@
 #   bash benchmarks/gpu-session.sh DATA OUT bench   # sumflow bench beside the lab's Python path
 #   bash benchmarks/gpu-session.sh DATA OUT lab     # the lab pipeline, full DialogSum, 1 epoch each
 #   bash benchmarks/gpu-session.sh DATA OUT levers  # where a training step goes; batch-size levers
-#   bash benchmarks/gpu-session.sh DATA OUT check   # all three, tiny and short, on the CPU (a dry run)
+#   bash benchmarks/gpu-session.sh DATA OUT graphs  # CUDA graphs: their test, bench figures, a trace
+#   bash benchmarks/gpu-session.sh DATA OUT lab-graphs  # the lab pipeline with CUDA graphs
+#   bash benchmarks/gpu-session.sh DATA OUT check   # all of them, tiny and short, on the CPU (a dry run)
 #
 # DATA holds `dialogsum/` and `lab-results/` (a copy of ../shared/data: the device machine gets
 # only the checkout, so copy them into the ignored .carry/ and carry it with the binary, see
 # benchmarks/README.md). OUT receives the figures (at most 8 files come back from a device run).
+# `graphs` also runs the stages' test binary if it was copied to .carry/stages-tests (its CUDA
+# graph test needs a GPU; see benchmarks/README.md).
 # The model is a random-init flan-t5-base shape made on the spot (`make-model`, seconds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,9 +31,11 @@ case $what in
   # The dry run also goes through bf16 (autocast in training), what CUDA runs by default.
   check) arch=tiny; device=cpu; bench=(--train-steps 3 --generate 40 --generate-one-at-a-time 4 --max-new-tokens 16 --batch-tokens 4096 --dtype bf16)
          lab=(--set subsample=100 --set max_steps=4 --set max_new_tokens=8 --set train_dtype=bf16 --set gen_dtype=bf16)
-         steps=3; big=(--batch-tokens 8192 --max-batch-rows 256); gen=(--generate 40 --generate-batch-tokens 2048 --max-new-tokens 16) ;;
+         steps=3; big=(--batch-tokens 8192 --max-batch-rows 256); gen=(--generate 40 --generate-batch-tokens 2048 --max-new-tokens 16)
+         gsteps=4; gsteps2=6 ;;
   *)     arch=flan-t5-base; device=cuda; bench=(--train-steps 30 --generate 500 --generate-one-at-a-time 20 --max-new-tokens 40)
-         lab=(); steps=10; big=(--batch-tokens 65536 --max-batch-rows 256); gen=(--generate 500 --generate-batch-tokens 65536) ;;
+         lab=(); steps=10; big=(--batch-tokens 65536 --max-batch-rows 256); gen=(--generate 500 --generate-batch-tokens 65536)
+         gsteps=30; gsteps2=80 ;;
 esac
 model=$SUMFLOW_CACHE/models/$arch
 [ -f "$model/model.safetensors" ] || "$sumflow" make-model --arch $arch --tokenizer-data "$data/dialogsum" --out "$model"
@@ -53,6 +59,24 @@ if [ "$what" = levers ] || [ "$what" = check ]; then
     "$sumflow" bench "${one[@]}" --train-steps $steps "${big[@]}" "${none[@]}"
     "$sumflow" bench "${one[@]}" --train-steps 2 "${gen[@]}" --generate-one-at-a-time 0; } 2>&1 | tee "$out/levers.txt"
 fi
+if [ "$what" = graphs ] || [ "$what" = check ]; then
+  # The CUDA graph test (eager and graphed steps give the same losses); training as shipped;
+  # with the padding graphs need (64-token sources, 16-token labels: 20 shapes per epoch) but
+  # eager, for what the padding costs; with CUDA graphs (long enough for shapes to come back:
+  # the bench adds a replays-only figure); the same in 4× batches; last, where an eager step's
+  # time goes, kernel by kernel (libtorch's profiler over 3 steps, condensed here).
+  one=(--model "$model" --device $device --data "$data/dialogsum" --results "$data/lab-results/dialogue-summary-training-results.csv" --generate 0 --generate-one-at-a-time 0)
+  pad=(--pad-to-multiple-of 64 --pad-labels-to-multiple-of 16)
+  traces=$(mktemp -d)
+  { if [ -x .carry/stages-tests ]; then .carry/stages-tests cuda_graph --nocapture --test-threads 1; else echo "no .carry/stages-tests: the CUDA graph test is not run"; fi
+    "$sumflow" bench "${one[@]}" --train-steps $gsteps
+    "$sumflow" bench "${one[@]}" --train-steps $gsteps "${pad[@]}"
+    "$sumflow" bench "${one[@]}" --train-steps $gsteps2 "${pad[@]}" --cuda-graphs
+    "$sumflow" bench "${one[@]}" --train-steps $gsteps "${pad[@]}" "${big[@]}" --cuda-graphs
+    SUMFLOW_TRACE=$traces "$sumflow" bench "${one[@]}" --train-steps 6
+    for t in "$traces"/*.json; do "$PYTHON" python/trace_summary.py "$t"; done; } 2>&1 | tee "$out/graphs.txt"
+  rm -rf "$traces"
+fi
 if [ "$what" = lab ] || [ "$what" = check ]; then
   "$sumflow" run pipelines/dialogsum-flan-t5.yaml --set model="$model" --set data="$data/dialogsum" \
     --set device=$device "${lab[@]}" 2> >(tee "$out/lab-stderr.txt" >&2) | tee "$out/lab-stdout.txt"
@@ -60,4 +84,12 @@ if [ "$what" = lab ] || [ "$what" = check ]; then
   cp "$manifest" "$out/lab-manifest.json"
   report=$(grep '^report: ' "$out/lab-stdout.txt" | tail -1 | cut -d' ' -f2)
   cp "$(dirname "$report")/report.md" "$out/lab-report.md"
+fi
+if [ "$what" = lab-graphs ] || [ "$what" = check ]; then
+  # After `lab` (its cache): only the training stages and what follows them run again.
+  "$sumflow" run pipelines/dialogsum-flan-t5.yaml --set model="$model" --set data="$data/dialogsum" \
+    --set device=$device "${lab[@]}" --set pad_to_multiple_of=64 --set pad_labels_to_multiple_of=16 --set cuda_graphs=true \
+    2> >(tee "$out/lab-graphs-stderr.txt" >&2) | tee "$out/lab-graphs-stdout.txt"
+  report=$(grep '^report: ' "$out/lab-graphs-stdout.txt" | tail -1 | cut -d' ' -f2)
+  cp "$(dirname "$report")/report.md" "$out/lab-graphs-report.md"
 fi

@@ -36,6 +36,13 @@ pub struct BenchOptions {
     /// Training batches padded to a multiple of this many tokens (1: to the longest row).
     #[arg(long, default_value_t = 1)]
     pub pad_to_multiple_of: usize,
+    /// The labels' multiple, when it differs from the sources'.
+    #[arg(long)]
+    pub pad_labels_to_multiple_of: Option<usize>,
+    /// Training steps captured as CUDA graphs, one per batch shape, and replayed (needs
+    /// `--pad-to-multiple-of` ≥ 8).
+    #[arg(long)]
+    pub cuda_graphs: bool,
     /// Tokens per generation batch (default: the `generate` stage's for the device).
     #[arg(long)]
     pub generate_batch_tokens: Option<usize>,
@@ -194,19 +201,24 @@ mod imp {
         tokens: &TokenTable,
         peak: Option<f64>,
         work: &Path,
-    ) -> Result<(Figures, i64), Error> {
+    ) -> Result<(Vec<Figures>, i64), Error> {
         let lora =
             if method == Method::Lora { "lora: {r: 32, alpha: 32, dropout: 0.05, targets: [q, v]}\n" } else { "" };
         let mut p: TrainParams = serde_yaml::from_str(&format!(
             "train: t\nmodel: {}\nmax_steps: {}\nbatch_tokens: {}\nmax_batch_rows: {}\npad_to_multiple_of: {}\n\
-             checkpoint_every: 0\n{lora}",
+             cuda_graphs: {}\ncheckpoint_every: 0\n{lora}",
             o.model.display(),
             o.train_steps,
             o.batch_tokens,
             o.max_batch_rows,
-            o.pad_to_multiple_of
+            o.pad_to_multiple_of,
+            o.cuda_graphs
         ))
         .map_err(|e| Error::Usage(e.to_string()))?;
+        p.pad_labels_to_multiple_of = o.pad_labels_to_multiple_of;
+        if let Some(e) = sumflow_stages::train::check(method, &p).first() {
+            return Err(Error::Usage(format!("{}: {}", e.field, e.message)));
+        }
         match method {
             Method::Full => (p.lr, p.weight_decay) = (Some(1e-5), Some(0.01)),
             Method::Lora => (p.lr, p.weight_decay) = (Some(1e-3), Some(0.0)),
@@ -223,34 +235,65 @@ mod imp {
         // tokens/s it recorded (its forward and backward, and the previous step's update).
         // Steps past the first epoch are left out (the next epoch's batches come in another order).
         let epoch = batches(tokens, p.batch_tokens, p.max_batch_rows, p.seed, 0);
-        let (mut steps, mut rows, mut real, mut seconds) = (0, 0, 0, 0.0);
-        for (batch, &(_, _, _, tokens_per_s)) in epoch.iter().zip(&progress.losses).skip(1) {
-            let n: usize = batch.iter().map(|&r| tokens.input_ids[r].len() + tokens.labels[r].len()).sum();
-            steps += 1;
-            rows += batch.len();
-            real += n;
-            seconds += n as f64 / tokens_per_s;
-        }
+        let timed: Vec<(&Vec<usize>, f64)> =
+            epoch.iter().zip(&progress.losses).skip(1).map(|(batch, l)| (batch, l.3)).collect();
         let all: usize = tokens.input_ids.iter().chain(&tokens.labels).map(Vec::len).sum();
         let flops_per_token = if method == Method::Full { 6.0 } else { 4.0 }
             * (total - if method == Method::Lora { trainable } else { 0 }) as f64;
-        let tflops = flops_per_token * real as f64 / seconds / 1e12;
         let what = match method {
             Method::Full => "train, full fine-tuning",
             Method::Lora => "train, LoRA r32 q,v",
         };
-        let f = Figures {
-            what: format!("{what} ({steps} steps after 1 warm-up)"),
-            per_s: rows as f64 / seconds,
-            tokens_per_s: real as f64 / seconds,
-            tflops,
-            mfu: peak.map(|p| tflops / p),
-            epoch_s: Some(all as f64 / (real as f64 / seconds)),
-            seconds,
-            peak_rss_mb,
-            peak_gpu_mb,
+        let figure = |label: String, steps: &[(&Vec<usize>, f64)]| {
+            let (mut rows, mut real, mut seconds) = (0, 0, 0.0);
+            for (batch, tokens_per_s) in steps {
+                let n: usize = batch.iter().map(|&r| tokens.input_ids[r].len() + tokens.labels[r].len()).sum();
+                rows += batch.len();
+                real += n;
+                seconds += n as f64 / tokens_per_s;
+            }
+            let tflops = flops_per_token * real as f64 / seconds / 1e12;
+            Figures {
+                what: format!("{what} ({label})"),
+                per_s: rows as f64 / seconds,
+                tokens_per_s: real as f64 / seconds,
+                tflops,
+                mfu: peak.map(|p| tflops / p),
+                epoch_s: Some(all as f64 / (real as f64 / seconds)),
+                seconds,
+                peak_rss_mb,
+                peak_gpu_mb,
+            }
         };
-        Ok((f, total))
+        let mut figures = vec![figure(format!("{} steps after 1 warm-up", timed.len()), &timed)];
+        if p.cuda_graphs && b.trainable().device().is_cuda() {
+            // Also the steady state: the steps that replayed a graph captured by an earlier step
+            // of the same batch shape (widths and rows padded as the training loop pads them).
+            let (ps, pl) = (p.pad_to_multiple_of, p.pad_labels_to_multiple_of.unwrap_or(p.pad_to_multiple_of));
+            let width = |rows: &[usize], t: &[Vec<i32>], m: usize| {
+                rows.iter().map(|&r| t[r].len()).max().unwrap_or(1).next_multiple_of(m)
+            };
+            let mut seen = std::collections::HashSet::new();
+            let replays: Vec<(&Vec<usize>, f64)> = timed
+                .iter()
+                .filter(|(rows, _)| {
+                    let shape = (
+                        rows.len().next_multiple_of(8),
+                        width(rows, &tokens.input_ids, ps),
+                        width(rows, &tokens.labels, pl),
+                    );
+                    !seen.insert(shape)
+                })
+                .copied()
+                .collect();
+            if !replays.is_empty() {
+                figures.push(figure(
+                    format!("CUDA graph replays only: {} of {} steps", replays.len(), timed.len()),
+                    &replays,
+                ));
+            }
+        }
+        Ok((figures, total))
     }
 
     /// Runs every measurement.
@@ -269,8 +312,8 @@ mod imp {
         let (tokens, _) = tokenize(&train_table, &model, &tp, "train")?;
         let mut figures = Vec::new();
         let (full, parameters) = train_figures(Method::Full, o, &c, &tokens, peak, &work.join("full"))?;
-        figures.push(full);
-        figures.push(train_figures(Method::Lora, o, &c, &tokens, peak, &work.join("lora"))?.0);
+        figures.extend(full);
+        figures.extend(train_figures(Method::Lora, o, &c, &tokens, peak, &work.join("lora"))?.0);
 
         // Generation: distinct test dialogues, batched and one at a time.
         let test = read_table(&o.data.join("test.csv"), None)?;

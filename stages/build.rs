@@ -1,28 +1,56 @@
 //! Build script, with the `torch` feature: libtorch link settings (see `libtorch_link.rs`) and
-//! the C++ shim for bf16 autocast (`csrc/autocast.cpp`, see `src/autocast.rs`).
+//! the C++ shims: bf16 autocast (`csrc/autocast.cpp`, see `src/autocast.rs`), libtorch's
+//! profiler (`csrc/trace.cpp`, see `src/trace.rs`) and, where libtorch has CUDA and the CUDA
+//! runtime's headers are found, CUDA graphs (`csrc/cuda_graph.cpp`, see `src/cuda_graph.rs`;
+//! the `sumflow_cuda_graphs` cfg says it is there).
 include!("libtorch_link.rs");
 
 fn main() {
     println!("cargo:rerun-if-changed=csrc/autocast.cpp");
+    println!("cargo:rerun-if-changed=csrc/trace.cpp");
+    println!("cargo:rerun-if-changed=csrc/cuda_graph.cpp");
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    println!("cargo:rustc-check-cfg=cfg(sumflow_cuda_graphs)");
     if let Some(libtorch) = link_libtorch() {
-        compile_autocast_shim(&libtorch);
+        compile_shims(&libtorch);
     }
 }
 
+/// The folder with `cuda_runtime_api.h`: PyPI's CUDA packages beside torch (CUDA 13's layout,
+/// then 12's), `$CUDA_HOME`, the usual system place.
 #[cfg(feature = "torch")]
-fn compile_autocast_shim(libtorch: &Libtorch) {
+fn cuda_include(libtorch: &Libtorch) -> Option<std::path::PathBuf> {
+    let site = libtorch.lib.join("../..");
+    let cuda_home = std::env::var_os("CUDA_HOME").map(|h| std::path::PathBuf::from(h).join("include"));
+    [site.join("nvidia/cu13/include"), site.join("nvidia/cuda_runtime/include")]
+        .into_iter()
+        .chain(cuda_home)
+        .chain([std::path::PathBuf::from("/usr/local/cuda/include")])
+        .find(|d| d.join("cuda_runtime_api.h").exists())
+}
+
+#[cfg(feature = "torch")]
+fn compile_shims(libtorch: &Libtorch) {
     let include = libtorch.lib.join("../include");
-    cc::Build::new()
+    let mut build = cc::Build::new();
+    build
         .cpp(true)
         .file("csrc/autocast.cpp")
+        .file("csrc/trace.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={}", u8::from(libtorch.cxx11_abi)))
         .flag("-DGLOG_USE_GLOG_EXPORT")
-        .warnings(false)
-        .compile("sumflow_autocast");
+        .warnings(false);
+    if libtorch.lib.join("libtorch_cuda.so").exists() {
+        if let Some(cuda) = cuda_include(libtorch) {
+            build.file("csrc/cuda_graph.cpp").include(cuda);
+            println!("cargo:rustc-cfg=sumflow_cuda_graphs");
+        }
+    }
+    build.compile("sumflow_shims");
 }
 
 #[cfg(not(feature = "torch"))]
-fn compile_autocast_shim(_: &Libtorch) {}
+fn compile_shims(_: &Libtorch) {}

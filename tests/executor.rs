@@ -28,6 +28,13 @@ fn runs(tag: &str) -> usize {
     RUNS.lock().unwrap().as_ref().and_then(|m| m.get(tag).copied()).unwrap_or(0)
 }
 
+/// A tag no other test uses. (A stack address, which these tags once were, comes back in a
+/// later test on a reused thread stack, and its counts with it.)
+fn unique_tag() -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    format!("t{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FakeParams {
@@ -144,7 +151,7 @@ impl Setup {
 #[test]
 fn second_run_executes_nothing_and_a_changed_param_reruns_only_downstream() {
     let s = Setup::new();
-    let t = format!("{:p}", &s);
+    let t = unique_tag();
     let yaml = |b: &str| {
         format!(
             "name: t\nstages:\n  a: {{kind: fake, tag: a{t}}}\n  b: {{kind: fake, tag: {b}{t}, input: a}}\n  c: {{kind: fake, tag: c{t}, input: b}}\n  d: {{kind: fake, tag: d{t}, input: a}}\n"
@@ -163,7 +170,7 @@ fn second_run_executes_nothing_and_a_changed_param_reruns_only_downstream() {
 #[test]
 fn a_failing_stage_leaves_no_artifact_and_skips_only_its_descendants() {
     let s = Setup::new();
-    let t = format!("{:p}", &s);
+    let t = unique_tag();
     let yaml = format!(
         "name: t\nstages:\n  ok: {{kind: fake, tag: ok{t}}}\n  bad: {{kind: fake, tag: bad{t}, fail: true}}\n  after: {{kind: fake, tag: after{t}, input: bad}}\n  boom: {{kind: fake, tag: boom{t}, panic: true}}\n"
     );
@@ -186,7 +193,7 @@ fn a_failing_stage_leaves_no_artifact_and_skips_only_its_descendants() {
 #[test]
 fn independent_stages_run_in_parallel_but_gpu_stages_one_at_a_time() {
     let s = Setup::new();
-    let t = format!("{:p}", &s);
+    let t = unique_tag();
     let yaml = format!(
         "name: t\nstages:\n  c1: {{kind: fake, tag: c1{t}, sleep_ms: 300}}\n  c2: {{kind: fake, tag: c2{t}, sleep_ms: 300}}\n  g1: {{kind: fake, tag: g1{t}, sleep_ms: 200, gpu: true}}\n  g2: {{kind: fake, tag: g2{t}, sleep_ms: 200, gpu: true}}\n"
     );
@@ -199,7 +206,7 @@ fn independent_stages_run_in_parallel_but_gpu_stages_one_at_a_time() {
 #[test]
 fn force_and_only_select_stages() {
     let s = Setup::new();
-    let t = format!("{:p}", &s);
+    let t = unique_tag();
     let yaml = format!("name: t\nstages:\n  a: {{kind: fake, tag: a{t}}}\n  b: {{kind: fake, tag: b{t}, input: a}}\n  x: {{kind: fake, tag: x{t}}}\n");
     let only_b = RunOptions {
         selection: sumflow::plan::Selection { only: vec!["b".into()], force: vec![] },

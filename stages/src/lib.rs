@@ -6,6 +6,8 @@
 pub mod atomic;
 #[cfg(feature = "torch")]
 pub mod autocast;
+#[cfg(feature = "torch")]
+pub mod cuda_graph;
 pub mod error;
 #[cfg(feature = "torch")]
 pub mod generate;
@@ -33,6 +35,8 @@ pub mod t5;
 pub mod table;
 pub mod tokenize;
 pub mod tokenizer;
+#[cfg(feature = "torch")]
+pub mod trace;
 #[cfg(feature = "torch")]
 pub mod train;
 

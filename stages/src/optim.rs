@@ -2,27 +2,38 @@
 //! moments are plain tensors that checkpoints save and resumes restore exactly; and global
 //! gradient-norm clipping as `torch.nn.utils.clip_grad_norm_` does it.
 //!
-//! The update is "multi-tensor": the trainable parameters become views into one flat buffer, and
-//! each step gathers the gradients into one flat tensor, so clipping and the update are about ten
-//! whole-buffer operations instead of a dozen per parameter (flan-t5-base has 282 parameter
-//! tensors: ≈ 3,400 kernel launches per step on a GPU otherwise). tch 0.24 does not bind
-//! libtorch's `_fused_adamw_`, which would fold these into one kernel.
+//! The update is "multi-tensor": the trainable parameters are views into one flat buffer, and
+//! so are their gradients (backward adds into them in place), so zeroing, clipping and the
+//! update are about fifteen whole-buffer operations instead of a dozen per parameter
+//! (flan-t5-base has 282 parameter tensors: ≈ 3,400 kernel launches per step on a GPU
+//! otherwise).
+//!
+//! Nothing in a step waits for the device: the learning rate and bias corrections reach the
+//! kernels as device tensors, and a step whose loss or gradient is not finite is skipped *on
+//! the device* (the weights and moments stay as they were). The caller reads the loss once the
+//! step is issued and calls [`AdamW::skipped`] when it was not finite. The same step can then be
+//! captured and replayed as a CUDA graph.
 
 use std::collections::BTreeMap;
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// AdamW over named parameters.
 pub struct AdamW {
     /// Name, shape and offset in the flat buffers of each parameter.
     layout: Vec<(String, Vec<i64>, i64)>,
-    /// The parameters, each a view into `flat`.
-    params: Vec<Tensor>,
     flat: Tensor,
+    /// The gradients: each parameter's `.grad` is a view into it.
+    grad: Tensor,
     m: Tensor,
     v: Tensor,
-    /// The gathered (and clipped) gradients of the current step.
-    grads: Option<Tensor>,
+    /// The global gradient norm of the current step, once clipping computed it.
+    norm: Option<Tensor>,
+    /// Per-step scalars on the device, filled before each update: lr · weight decay,
+    /// -lr / (1 - beta1^t), 1 / sqrt(1 - beta2^t).
+    lr_decay: Tensor,
+    step_size: Tensor,
+    v_correction: Tensor,
     /// Updates taken so far.
     pub step: i64,
     beta1: f64,
@@ -33,11 +44,13 @@ pub struct AdamW {
 
 impl AdamW {
     /// An optimizer over `params` (PyTorch's defaults: betas 0.9, 0.999; eps 1e-8). The
-    /// parameters (fp32 master weights, one device) are moved into a flat buffer they then view.
+    /// parameters (fp32 master weights, one device) are moved into a flat buffer they then view,
+    /// and their gradients into another.
     pub fn new(params: BTreeMap<String, Tensor>, weight_decay: f64) -> Self {
-        let device = params.values().next().map_or(tch::Device::Cpu, |p| p.device());
+        let device = params.values().next().map_or(Device::Cpu, |p| p.device());
         let total: i64 = params.values().map(|p| p.numel() as i64).sum();
-        let flat = Tensor::zeros([total], (Kind::Float, device));
+        let zeros = || Tensor::zeros([total], (Kind::Float, device));
+        let (flat, grad) = (zeros(), zeros());
         let mut layout = Vec::new();
         let mut views = Vec::new();
         let mut offset = 0;
@@ -53,14 +66,18 @@ impl AdamW {
                 offset += n;
             }
         });
-        let zeros = || Tensor::zeros([total], (Kind::Float, device));
+        attach_gradients(&views, &grad, &layout);
+        let scalar = || Tensor::zeros([], (Kind::Float, device));
         AdamW {
             layout,
-            params: views,
             flat,
+            grad,
             m: zeros(),
             v: zeros(),
-            grads: None,
+            norm: None,
+            lr_decay: scalar(),
+            step_size: scalar(),
+            v_correction: scalar(),
             step: 0,
             beta1: 0.9,
             beta2: 0.999,
@@ -69,73 +86,74 @@ impl AdamW {
         }
     }
 
-    /// The gradients as one flat tensor, gathered once per step. A parameter without a
-    /// gradient counts as a zero gradient (so, unlike `torch.optim.AdamW`, it still decays); in
-    /// T5 every trainable tensor gets one.
-    fn grads(&mut self) -> &Tensor {
-        let params = &self.params;
-        self.grads.get_or_insert_with(|| {
-            tch::no_grad(|| {
-                let parts: Vec<Tensor> = params
-                    .iter()
-                    .map(|p| {
-                        let g = p.grad();
-                        if g.defined() {
-                            g.reshape([-1])
-                        } else {
-                            Tensor::zeros([p.numel() as i64], (p.kind(), p.device()))
-                        }
-                    })
-                    .collect();
-                if parts.is_empty() {
-                    return Tensor::zeros([0], (Kind::Float, tch::Device::Cpu));
-                }
-                Tensor::cat(&parts, 0)
-            })
-        })
+    /// One update at learning rate `lr` from the parameters' gradients: [`AdamW::prepare`],
+    /// then [`AdamW::apply`].
+    pub fn update(&mut self, lr: f64, loss: &Tensor) {
+        self.prepare(lr);
+        self.apply(loss);
     }
 
-    /// One update at learning rate `lr` from the parameters' gradients.
-    pub fn update(&mut self, lr: f64) {
+    /// Counts the next update (step `self.step + 1`) and sets its scalars on the device: the
+    /// part of an update that happens outside a captured step.
+    pub fn prepare(&mut self, lr: f64) {
         self.step += 1;
         let bc1 = 1.0 - self.beta1.powi(self.step as i32);
         let bc2 = 1.0 - self.beta2.powi(self.step as i32);
-        let (beta1, beta2, eps, wd) = (self.beta1, self.beta2, self.eps, self.weight_decay);
-        let g = self.grads().shallow_clone();
-        // In place, as `torch.optim.AdamW`'s multi-tensor path does it: 10 whole-buffer kernels
-        // and 3 temporaries the size of the parameters (written out of place: 15 and 13).
         tch::no_grad(|| {
-            let _ = self.m.lerp_(&g, 1.0 - beta1);
-            let _ = self.v.g_mul_scalar_(beta2);
-            let _ = self.v.addcmul_(&(&g * (1.0 - beta2)), &g);
-            let denom = self.v.sqrt().g_div_scalar_(bc2.sqrt()).g_add_scalar_(eps);
-            let _ = self.flat.g_mul_scalar_(1.0 - lr * wd);
-            let _ = self.flat.addcdiv_(&(&self.m * (-lr / bc1)), &denom);
+            let _ = self.lr_decay.fill_(lr * self.weight_decay);
+            let _ = self.step_size.fill_(-lr / bc1);
+            let _ = self.v_correction.fill_(1.0 / bc2.sqrt());
         });
-        self.grads = None;
+    }
+
+    /// The update [`AdamW::prepare`] set up, all on the device: it does nothing when `loss` or
+    /// the gradient norm is not finite (call [`AdamW::skipped`] once the loss is read).
+    pub fn apply(&mut self, loss: &Tensor) {
+        let (beta1, beta2, eps) = (self.beta1, self.beta2, self.eps);
+        let g = self.grad.shallow_clone();
+        let norm = self.norm.take().unwrap_or_else(|| tch::no_grad(|| g.norm()));
+        // In place, as `torch.optim.AdamW`'s multi-tensor path does it, with the step's scalars
+        // (and whether it counts) as device tensors.
+        tch::no_grad(|| {
+            let ok = loss.isfinite().logical_and(&norm.isfinite());
+            let _ = g.shallow_clone().masked_fill_(&ok.logical_not(), 0.0);
+            let ok = ok.to_kind(Kind::Float);
+            let _ = self.m.lerp_tensor_(&g, &(&ok * (1.0 - beta1)));
+            let _ = self.v.g_mul_(&(&ok * -(1.0 - beta2) + 1.0));
+            let _ = self.v.addcmul_(&(&g * (1.0 - beta2)), &g);
+            let denom = self.v.sqrt().g_mul_(&self.v_correction).g_add_scalar_(eps);
+            let _ = self.flat.g_mul_(&(&ok * &self.lr_decay).neg().g_add_scalar_(1.0));
+            let _ = self.flat.addcdiv_(&(&self.m * (&ok * &self.step_size)), &denom);
+        });
+    }
+
+    /// The last [`AdamW::update`] was skipped on the device (its loss was not finite): it does
+    /// not count.
+    pub fn skipped(&mut self) {
+        self.step -= 1;
     }
 
     /// Clears the gradients.
     pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            p.zero_grad();
-        }
-        self.grads = None;
+        let _ = tch::no_grad(|| self.grad.zero_());
+        self.norm = None;
     }
 
-    /// Scales gradients so their global 2-norm is at most `max_norm`; returns the norm before,
-    /// as a tensor on the parameters' device (reading it waits for the device: the training
-    /// step does not).
+    /// Scales gradients so their global 2-norm is at most `max_norm` (0: no clipping); returns
+    /// the norm before, as a tensor on the parameters' device (reading it waits for the device:
+    /// the training step does not).
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> Tensor {
-        let g = self.grads().shallow_clone();
-        tch::no_grad(|| {
+        let g = self.grad.shallow_clone();
+        let total = tch::no_grad(|| {
             let total = g.norm();
             if max_norm > 0.0 {
                 let coef = (max_norm / (&total + 1e-6)).clamp_max(1.0);
                 let _ = g.shallow_clone().g_mul_(&coef);
             }
             total
-        })
+        });
+        self.norm = Some(total.shallow_clone());
+        total
     }
 
     /// The moments, named `m.<param>` and `v.<param>`, for a checkpoint.
@@ -167,6 +185,27 @@ impl AdamW {
         self.step = step;
         Ok(())
     }
+}
+
+/// Makes each parameter's gradient a view into `grad`, so backward accumulates into the flat
+/// buffer in place (libtorch adds into a defined gradient outside create-graph mode). tch binds
+/// no setter for `.grad`: one backward of a zero creates the gradients, then each is re-pointed
+/// at its view, as the parameters were.
+fn attach_gradients(params: &[Tensor], grad: &Tensor, layout: &[(String, Vec<i64>, i64)]) {
+    if params.is_empty() {
+        return;
+    }
+    let sums: Vec<Tensor> = params.iter().map(|p| p.sum(Kind::Float)).collect();
+    tch::with_grad(|| (Tensor::stack(&sums, 0).sum(Kind::Float) * 0.0).backward());
+    tch::no_grad(|| {
+        for (p, (name, shape, offset)) in params.iter().zip(layout) {
+            let mut g = p.grad();
+            assert!(g.defined(), "`{name}` is trainable and gets a gradient");
+            let n: i64 = shape.iter().product();
+            g.set_data(&grad.narrow(0, *offset, n).view(shape.as_slice()));
+        }
+        let _ = grad.shallow_clone().zero_();
+    });
 }
 
 /// Linear warm-up to `peak` over `warmup` steps, then linear decay to 0 at `total` (transformers'
@@ -214,9 +253,10 @@ mod tests {
         let mut theirs = nn::AdamW { wd: 0.05, ..Default::default() }.build(&theirs_vs, 0.1).unwrap();
         for step in 0..4 {
             let lr = 0.1 / (step + 1) as f64;
-            loss(&a1, &b1).backward();
+            let l = loss(&a1, &b1);
+            l.backward();
             let norm = ours.clip_grad_norm(0.5).double_value(&[]);
-            ours.update(lr);
+            ours.update(lr, &l);
             ours.zero_grad();
             theirs.set_lr(lr);
             theirs.zero_grad();
@@ -244,13 +284,59 @@ mod tests {
     fn one_step_matches_the_adamw_formula() {
         let p = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
         let mut opt = AdamW::new([("p".to_string(), p.shallow_clone())].into(), 0.1);
-        (&p * &p).sum(Kind::Float).backward();
-        opt.update(0.01);
+        let loss = (&p * &p).sum(Kind::Float);
+        loss.backward();
+        opt.update(0.01, &loss);
         // Step 1: m̂ = g, v̂ = g², so p ← p(1 - lr·wd) - lr · g / (|g| + eps).
         let got: Vec<f32> = Vec::try_from(&p.detach()).unwrap();
         let want = [1.0 * (1.0 - 0.001) - 0.01 * 2.0 / (2.0 + 1e-8), -2.0 * (1.0 - 0.001) + 0.01 * 4.0 / (4.0 + 1e-8)];
         for (g, w) in got.iter().zip(want) {
             assert!((*g as f64 - w).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+    }
+
+    /// A step whose loss is not finite changes nothing on the device — weights, moments — and,
+    /// once reported skipped, does not count; the next finite step is the first.
+    #[test]
+    fn a_non_finite_step_is_skipped_on_the_device() {
+        let p = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
+        let mut opt = AdamW::new([("p".to_string(), p.shallow_clone())].into(), 0.1);
+        let before = p.detach().copy();
+        // A NaN loss with NaN gradients (and clipping on, whose coefficient is NaN too).
+        let loss = (&p * f64::NAN).sum(Kind::Float);
+        loss.backward();
+        let _ = opt.clip_grad_norm(1.0);
+        opt.update(0.01, &loss);
+        opt.skipped();
+        opt.zero_grad();
+        assert_eq!((p.detach() - &before).abs().max().double_value(&[]), 0.0, "weights unchanged");
+        for (k, t) in opt.state() {
+            assert_eq!(t.abs().max().double_value(&[]), 0.0, "{k} unchanged");
+        }
+        assert_eq!(opt.step, 0);
+        // Then an ordinary step is step 1 of the formula.
+        let loss = (&p * &p).sum(Kind::Float);
+        loss.backward();
+        opt.update(0.01, &loss);
+        let got: Vec<f32> = Vec::try_from(&p.detach()).unwrap();
+        assert!((got[0] as f64 - (1.0 * (1.0 - 0.001) - 0.01)).abs() < 1e-6, "{got:?}");
+    }
+
+    /// Backward writes straight into the flat gradient buffer: each parameter's `.grad` is a view
+    /// of it, across steps and zeroing.
+    #[test]
+    fn gradients_accumulate_in_the_flat_buffer() {
+        let a = Tensor::from_slice(&[1.0f32, 2.0, 3.0]).set_requires_grad(true);
+        let b = Tensor::from_slice(&[4.0f32]).set_requires_grad(true);
+        let mut opt =
+            AdamW::new([("a".to_string(), a.shallow_clone()), ("b".to_string(), b.shallow_clone())].into(), 0.0);
+        for _ in 0..2 {
+            opt.zero_grad();
+            ((&a * &a).sum(Kind::Float) + &b * 3.0).sum(Kind::Float).backward();
+            let flat: Vec<f32> = Vec::try_from(&opt.grad).unwrap();
+            assert_eq!(flat, [2.0, 4.0, 6.0, 3.0]);
+            let via_param: Vec<f32> = Vec::try_from(&a.grad()).unwrap();
+            assert_eq!(via_param, [2.0, 4.0, 6.0]);
         }
     }
 }

@@ -17,6 +17,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 use crate::atomic::{atomic_write, sync_tree};
 use crate::autocast;
+use crate::cuda_graph::CudaGraphs;
 use crate::error::StageError;
 use crate::lora::{self, LoraSettings};
 use crate::model_ref;
@@ -28,6 +29,7 @@ use crate::step_profile::StepProfile;
 use crate::t5::device::{self, DeviceChoice, DtypeChoice};
 use crate::t5::{loader, weights, T5};
 use crate::tokenize::TokenTable;
+use crate::trace::StepTrace;
 
 /// Params of `train-full` and `train-lora`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +79,16 @@ pub struct TrainParams {
     /// (only dropout's draws land elsewhere).
     #[serde(default = "d1")]
     pub pad_to_multiple_of: usize,
+    /// The labels' multiple, when it should differ from the sources' (summaries are short:
+    /// DialogSum's average 26 tokens, so 64 would pad them 2.5×; 16 suits them).
+    #[serde(default)]
+    pub pad_labels_to_multiple_of: Option<usize>,
+    /// Capture each batch shape's step as a CUDA graph and replay it (CUDA only; ignored on the
+    /// CPU): the host stops issuing every kernel of every step. Needs `pad_to_multiple_of` of
+    /// at least 8, so that the epoch has few shapes; rows are padded to a multiple of 8 too
+    /// (empty rows, out of the loss). See `stages/src/cuda_graph.rs`.
+    #[serde(default)]
+    pub cuda_graphs: bool,
     /// Seed of batch order, dropout and LoRA initialization.
     #[serde(default)]
     pub seed: u64,
@@ -234,10 +246,37 @@ pub fn batches(tokens: &TokenTable, budget: usize, max_rows: usize, seed: u64, e
     out
 }
 
+/// How a batch is padded: each width to its longest row rounded up to a multiple (1: no
+/// rounding), and the rows to a multiple.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Padding {
+    /// Sources' width multiple.
+    pub sources: usize,
+    /// Labels' width multiple.
+    pub labels: usize,
+    /// Rows multiple.
+    pub rows: usize,
+}
+
+impl Padding {
+    /// To the longest row only.
+    pub const NONE: Padding = Padding { sources: 1, labels: 1, rows: 1 };
+
+    /// As `p` asks, with rows to a multiple of `rows`.
+    fn of(p: &TrainParams, rows: usize) -> Padding {
+        let sources = p.pad_to_multiple_of;
+        Padding { sources, labels: p.pad_labels_to_multiple_of.unwrap_or(sources), rows }
+    }
+}
+
 /// Pads a batch: sources with 0 (and a 1/0 mask), labels with -100 (ignored by the loss), each
-/// to its longest row rounded up to a multiple of `multiple`.
-pub fn collate(tokens: &TokenTable, rows: &[usize], multiple: usize, device: Device) -> (Tensor, Tensor, Tensor) {
-    let pad = |seqs: Vec<&Vec<i32>>, fill: i64| {
+/// to its longest row rounded up as `padding` says; then empty rows up to its rows multiple (a
+/// lone pad token unmasked, so attention has a key, and only ignored labels: they change no
+/// loss and no gradient).
+pub fn collate(tokens: &TokenTable, rows: &[usize], padding: Padding, device: Device) -> (Tensor, Tensor, Tensor) {
+    let n = rows.len().next_multiple_of(padding.rows.max(1));
+    let empty: Vec<i32> = Vec::new();
+    let pad = |seqs: Vec<&Vec<i32>>, fill: i64, multiple: usize| {
         let w = seqs.iter().map(|s| s.len()).max().unwrap_or(1).max(1).next_multiple_of(multiple.max(1));
         let flat: Vec<i64> = seqs
             .iter()
@@ -245,9 +284,21 @@ pub fn collate(tokens: &TokenTable, rows: &[usize], multiple: usize, device: Dev
             .collect();
         Tensor::from_slice(&flat).view([seqs.len() as i64, w as i64]).to_device(device)
     };
-    let x = pad(rows.iter().map(|&r| &tokens.input_ids[r]).collect(), 0);
+    let extra = n - rows.len();
+    let x = pad(
+        rows.iter().map(|&r| &tokens.input_ids[r]).chain(std::iter::repeat_n(&empty, extra)).collect(),
+        0,
+        padding.sources,
+    );
+    let y = pad(
+        rows.iter().map(|&r| &tokens.labels[r]).chain(std::iter::repeat_n(&empty, extra)).collect(),
+        -100,
+        padding.labels,
+    );
     let mask = x.ne(0).to_kind(Kind::Int64);
-    let y = pad(rows.iter().map(|&r| &tokens.labels[r]).collect(), -100);
+    if n > rows.len() {
+        let _ = mask.narrow(0, rows.len() as i64, (n - rows.len()) as i64).narrow(1, 0, 1).fill_(1);
+    }
     (x, mask, y)
 }
 
@@ -324,7 +375,7 @@ fn validation_loss(b: &Built, tokens: &TokenTable, p: &TrainParams, device: Devi
         let mut sum = Tensor::zeros([], (Kind::Double, device));
         let mut n = 0usize;
         for rows in batches(tokens, p.batch_tokens, p.max_batch_rows, 0, 0) {
-            let (x, mask, y) = collate(tokens, &rows, p.pad_to_multiple_of, device);
+            let (x, mask, y) = collate(tokens, &rows, Padding::of(p, 1), device);
             // Every label token counts (padding is -100 and not in `labels`).
             let targets: usize = rows.iter().map(|&r| tokens.labels[r].len()).sum();
             let loss = autocast::bf16(device, bf16, || b.model.loss(&x, &mask, &y, false));
@@ -345,7 +396,6 @@ pub fn train(
     ctx: &StageContext,
 ) -> Result<Progress, StageError> {
     let device = b.trainable().device();
-    let bf16 = p.bf16(device);
     let lr = p.lr.expect("defaults filled");
     let mut opt = AdamW::new(weights::variables(b.trainable()), p.weight_decay.expect("defaults filled"));
     let per_epoch = batches(train, p.batch_tokens, p.max_batch_rows, p.seed, 0).len() as u64;
@@ -361,6 +411,15 @@ pub fn train(
     ctx.progress.inc(progress.step);
     let mut bad = 0;
     let mut profile = StepProfile::from_env(device);
+    let mut trace = StepTrace::from_env(device);
+    let mut graphs = match device {
+        Device::Cuda(_) if p.cuda_graphs => {
+            Some(CudaGraphs::new(device).map_err(|e| StageError::data("cuda_graphs", e))?)
+        }
+        _ => None,
+    };
+    let padding = Padding::of(p, if graphs.is_some() { 8 } else { 1 });
+    let mut taken = 0;
     while progress.step < total {
         let epoch_batches = batches(train, p.batch_tokens, p.max_batch_rows, p.seed, progress.epoch);
         if progress.batch >= epoch_batches.len() {
@@ -368,31 +427,56 @@ pub fn train(
             progress.batch = 0;
             continue;
         }
+        taken += 1;
+        if let Some(t) = &mut trace {
+            t.before_step(taken);
+        }
         let t0 = Instant::now();
         if let Some(p) = &mut profile {
             p.start();
         }
-        let mut mark = |phase| profile.as_mut().map(|p| p.mark(phase));
+        let mut mark = |phase: &'static str| {
+            if let Some(p) = profile.as_mut() {
+                p.mark(phase)
+            }
+        };
         let rows = &epoch_batches[progress.batch];
         // Real (non-pad) tokens, counted on the host: no device sync for a figure.
         let tokens: usize = rows.iter().map(|&r| train.input_ids[r].len() + train.labels[r].len()).sum();
-        let (x, mask, y) = collate(train, rows, p.pad_to_multiple_of, device);
+        let (x, mask, y) = collate(train, rows, padding, device);
         mark("batch");
         // Dropout draws from a generator seeded per step, so a resumed run repeats it exactly.
         tch::manual_seed((p.seed as i64).wrapping_mul(7919).wrapping_add(progress.step as i64));
-        let loss = autocast::bf16(device, bf16, || b.model.loss(&x, &mask, &y, true));
-        mark("forward");
-        loss.backward();
-        mark("backward");
-        let _norm = opt.clip_grad_norm(p.grad_clip);
-        // The step's one wait for the device: the loss, read once backward is queued. A
-        // non-finite loss skips the update, so the weights never see its gradients.
+        // The schedule counts optimizer steps; a batch whose loss is not finite is not one.
+        let step_lr = linear_schedule(progress.step, p.warmup_steps, total, lr);
+        opt.prepare(step_lr);
+        let loss = match &mut graphs {
+            // The run's first step is eager: libtorch sets up cuBLAS and autograd's device
+            // threads lazily, which a capture cannot hold.
+            Some(g) if taken > 1 => g
+                .step(&[&x, &mask, &y], |t| {
+                    issue_step(&b.model, &mut opt, p, device, [&t[0], &t[1], &t[2]], &mut |_| ())
+                })
+                .map_err(|e| {
+                    StageError::data(
+                        format!("step {} (`cuda_graphs`)", progress.step + 1),
+                        format!(
+                            "{e}; the last checkpoint is kept in {}; without `cuda_graphs` steps run eagerly",
+                            work.display()
+                        ),
+                    )
+                })?,
+            _ => issue_step(&b.model, &mut opt, p, device, [&x, &mask, &y], &mut mark),
+        };
+        // The step's one wait for the device: the loss, read once the whole step is issued. A
+        // non-finite loss (or gradient) skipped the update on the device, so the weights never
+        // see its gradients.
         let value = loss.double_value(&[]);
-        mark("clip, loss read");
+        mark("loss read");
         progress.batch += 1;
         if !value.is_finite() {
             bad += 1;
-            opt.zero_grad();
+            opt.skipped();
             if bad >= p.nonfinite_patience {
                 return Err(StageError::data(
                     format!("step {}", progress.step),
@@ -405,10 +489,9 @@ pub fn train(
             continue;
         }
         bad = 0;
-        let step_lr = linear_schedule(progress.step, p.warmup_steps, total, lr);
-        opt.update(step_lr);
-        opt.zero_grad();
-        mark("update");
+        if let Some(t) = &mut trace {
+            t.after_step(taken, false);
+        }
         progress.step += 1;
         progress.losses.push((progress.step, value, step_lr, tokens as f64 / t0.elapsed().as_secs_f64()));
         ctx.progress.inc(1);
@@ -430,7 +513,32 @@ pub fn train(
     if let Some(profile) = &profile {
         eprint!("{}", profile.report());
     }
+    if let Some(g) = &graphs {
+        ctx.progress.message(&format!("{} batch shapes captured as CUDA graphs", g.captured()));
+    }
     Ok(progress)
+}
+
+/// Issues one training step on `batch` (sources, mask, labels) — forward, backward, clipping,
+/// the update `opt` was prepared for, zeroing — without waiting for the device, and returns the
+/// loss: run eagerly, or captured into a CUDA graph. `mark` ends each phase for the profile.
+fn issue_step(
+    model: &T5,
+    opt: &mut AdamW,
+    p: &TrainParams,
+    device: Device,
+    [x, mask, y]: [&Tensor; 3],
+    mark: &mut dyn FnMut(&'static str),
+) -> Tensor {
+    let loss = autocast::bf16(device, p.bf16(device), || model.loss(x, mask, y, true));
+    mark("forward");
+    loss.backward();
+    mark("backward");
+    let _norm = opt.clip_grad_norm(p.grad_clip);
+    opt.apply(&loss);
+    opt.zero_grad();
+    mark("clip, update");
+    loss
 }
 
 /// Writes the training record into `dir/training/`: parameter report, loss curve, throughput,
@@ -524,7 +632,8 @@ fn inputs(p: &TrainParams) -> Vec<InputSlot> {
     slots
 }
 
-fn check(method: Method, p: &TrainParams) -> Vec<ParamError> {
+/// The params' problems for `method`, before anything runs (also for `sumflow bench`).
+pub fn check(method: Method, p: &TrainParams) -> Vec<ParamError> {
     let mut errors = model_ref::check(&p.model, &p.model_from);
     if method == Method::Full && p.lora.is_some() {
         errors.push(ParamError::new("lora", "is for `train-lora`; `train-full` trains every weight"));
@@ -547,6 +656,16 @@ fn check(method: Method, p: &TrainParams) -> Vec<ParamError> {
     if p.pad_to_multiple_of == 0 {
         errors.push(ParamError::new("pad_to_multiple_of", "must be at least 1"));
     }
+    if p.pad_labels_to_multiple_of == Some(0) {
+        errors.push(ParamError::new("pad_labels_to_multiple_of", "must be at least 1"));
+    }
+    if p.cuda_graphs && p.pad_to_multiple_of < 8 {
+        errors.push(ParamError::new(
+            "cuda_graphs",
+            "needs `pad_to_multiple_of` of at least 8 (64 suits DialogSum): each batch shape is captured once, and \
+             unpadded batches come in hundreds of shapes",
+        ));
+    }
     errors
 }
 
@@ -562,7 +681,8 @@ macro_rules! train_stage {
             type Params = TrainParams;
             const KIND: &'static str = $kind;
             // 3: the fused norm on CUDA (the same within bf16 rounding; the CPU is unchanged).
-            const VERSION: u32 = 3;
+            // 4: the update's scalars as fp32 device tensors (the last bits of the weights).
+            const VERSION: u32 = 4;
             const ABOUT: &'static str = $about;
 
             fn defaults(&self, p: &mut TrainParams) {
@@ -632,22 +752,104 @@ train_stage!(
 mod tests {
     use super::*;
 
-    /// `pad_to_multiple_of` changes the batch's shape, not its loss (dropout off).
+    /// `pad_to_multiple_of` (and the empty rows CUDA graphs add) change the batch's shape, not
+    /// its loss or gradients (dropout off), also under bf16 autocast, where a fully masked row
+    /// would turn to NaN.
     #[test]
-    fn padding_to_a_multiple_changes_shapes_not_the_loss() {
-        let (_vs, m) = crate::t5::model::tiny();
+    fn padding_changes_shapes_not_the_loss_or_gradients() {
+        let (vs, m) = crate::t5::model::tiny();
         let tokens = TokenTable {
             ids: vec!["a".into(), "b".into()],
             input_ids: vec![vec![5, 6, 7, 8, 9, 1], vec![8, 9, 1]],
             labels: vec![vec![10, 11, 12, 1], vec![12, 1]],
         };
-        let (x, mask, y) = collate(&tokens, &[0, 1], 1, Device::Cpu);
-        let (x16, mask16, y16) = collate(&tokens, &[0, 1], 16, Device::Cpu);
+        let (x, mask, y) = collate(&tokens, &[0, 1], Padding::NONE, Device::Cpu);
+        let padding = Padding { sources: 16, labels: 8, rows: 8 };
+        let (x16, mask16, y16) = collate(&tokens, &[0, 1], padding, Device::Cpu);
         assert_eq!((x.size(), y.size()), (vec![2, 6], vec![2, 4]));
-        assert_eq!((x16.size(), y16.size()), (vec![2, 16], vec![2, 16]));
-        assert_eq!(mask16.sum(Kind::Int64).int64_value(&[]), 9, "padding is masked");
-        let plain = m.loss(&x, &mask, &y, false).double_value(&[]);
-        let padded = m.loss(&x16, &mask16, &y16, false).double_value(&[]);
+        assert_eq!((x16.size(), y16.size()), (vec![8, 16], vec![8, 8]));
+        assert_eq!(mask16.sum(Kind::Int64).int64_value(&[]), 9 + 6, "padding is masked; an empty row keeps one key");
+        let grads = |loss: Tensor| {
+            let value = loss.double_value(&[]);
+            loss.backward();
+            let g: Vec<Tensor> = vs.trainable_variables().iter().map(|v| v.grad().copy()).collect();
+            vs.trainable_variables().iter().for_each(|v| v.shallow_clone().zero_grad());
+            (value, g)
+        };
+        let (plain, plain_g) = grads(m.loss(&x, &mask, &y, false));
+        let (padded, padded_g) = grads(m.loss(&x16, &mask16, &y16, false));
         assert!((plain - padded).abs() < 1e-5 * plain.abs(), "{plain} vs {padded}");
+        for (a, b) in plain_g.iter().zip(&padded_g) {
+            let d = (a - b).abs().max().double_value(&[]);
+            assert!(d < 1e-5 * (1.0 + a.abs().max().double_value(&[])), "gradient off by {d}");
+        }
+        let (bf16, bf16_g) = grads(autocast::bf16(Device::Cpu, true, || m.loss(&x16, &mask16, &y16, false)));
+        assert!((bf16 - plain).abs() < 0.02 * plain.abs(), "bf16 {bf16} vs {plain}");
+        assert!(bf16_g.iter().all(|g| g.isfinite().all().int64_value(&[]) == 1), "finite gradients in bf16");
+    }
+
+    /// CUDA graphs replay the eager step: step by step the same losses (dropout off, bf16
+    /// autocast as shipped), full and LoRA, over batches of a few shapes that each come back.
+    /// Needs CUDA (a GPU session runs it: `benchmarks/gpu-session.sh … graphs`); on the CPU,
+    /// where `cuda_graphs` is ignored, it checks only its own setup.
+    #[test]
+    fn cuda_graph_steps_give_the_eager_steps_losses() {
+        let device = if tch::Cuda::is_available() { Device::Cuda(0) } else { Device::Cpu };
+        if device == Device::Cpu {
+            eprintln!("no CUDA device: both runs are eager; the CUDA graph test checks only its setup");
+        }
+        // 32 rows in three length groups: sources of 6, 14 or 30 tokens, labels of 3 to 9.
+        let rows = 32;
+        let tokens = TokenTable {
+            ids: (0..rows).map(|i| i.to_string()).collect(),
+            input_ids: (0..rows)
+                .map(|i| (0..[6, 14, 30][i % 3]).map(|t| 2 + ((i * 7 + t * 3) % 97) as i32).chain([1]).collect())
+                .collect(),
+            labels: (0..rows)
+                .map(|i| (0..3 + i % 7).map(|t| 2 + ((i * 5 + t) % 97) as i32).chain([1]).collect())
+                .collect(),
+        };
+        let run = |method: Method, graphs: bool| -> Vec<f64> {
+            tch::manual_seed(0);
+            let mut base = nn::VarStore::new(device);
+            let mut config = crate::t5::config::T5Config::preset("tiny").unwrap();
+            config.vocab_size = 100;
+            let mut model = T5::new(&base.root(), config);
+            model.set_dropout(0.0);
+            let adapters = (method == Method::Lora).then(|| {
+                base.freeze();
+                let adapters = nn::VarStore::new(device);
+                let settings = LoraSettings { r: 4, dropout: 0.0, ..Default::default() };
+                lora::apply(&mut model, &adapters.root(), &settings);
+                adapters
+            });
+            let b = Built { model, base, adapters, dir: PathBuf::new() };
+            let p: TrainParams = serde_yaml::from_str(&format!(
+                "train: t\nmodel: m\nmax_steps: 12\nbatch_tokens: 160\nmax_batch_rows: 6\npad_to_multiple_of: 8\n\
+                 cuda_graphs: {graphs}\nlr: 0.001\nweight_decay: 0.01\ncheckpoint_every: 0\nepochs: 3"
+            ))
+            .unwrap();
+            assert!(check(method, &p).is_empty());
+            let dir = tempfile::tempdir().unwrap();
+            let ctx = StageContext::new(
+                "t",
+                Default::default(),
+                dir.path().join("out"),
+                dir.path().join("work"),
+                &crate::NoProgress,
+            );
+            let progress = train(&b, &tokens, None, &p, &dir.path().join("work"), &ctx).unwrap();
+            progress.losses.iter().map(|l| l.1).collect()
+        };
+        for method in [Method::Full, Method::Lora] {
+            let (eager, graphed) = (run(method, false), run(method, true));
+            assert_eq!((eager.len(), graphed.len()), (12, 12));
+            for (step, (e, g)) in eager.iter().zip(&graphed).enumerate() {
+                assert!((e - g).abs() <= 2e-3 * e.abs(), "{method:?} step {}: eager {e}, graphed {g}", step + 1);
+            }
+            let mean = |l: &[f64]| l.iter().sum::<f64>() / l.len() as f64;
+            assert!(mean(&eager[8..]) < mean(&eager[..4]), "{method:?} trains: {eager:?}");
+            eprintln!("{method:?}: eager {eager:?}\n{method:?}: graphed {graphed:?}");
+        }
     }
 }

@@ -16,7 +16,7 @@ use sumflow_stages::t5::device::{DeviceChoice, DtypeChoice};
 use sumflow_stages::t5::{loader, weights};
 use sumflow_stages::table::Table;
 use sumflow_stages::tokenize::{tokenize, TokenTable, TokenizeParams};
-use sumflow_stages::train::{build, collate, save, train, Method, TrainParams};
+use sumflow_stages::train::{build, collate, save, train, Method, Padding, TrainParams};
 use sumflow_stages::{lora, NoProgress, StageContext};
 use tch::{Device, Kind, Tensor};
 
@@ -58,7 +58,7 @@ fn params(model: &Path, extra: &str) -> TrainParams {
 }
 
 fn batch_json(tokens: &TokenTable, rows: &[usize], path: &Path) -> (Tensor, Tensor, Tensor) {
-    let (x, mask, y) = collate(tokens, rows, 1, Device::Cpu);
+    let (x, mask, y) = collate(tokens, rows, Padding::NONE, Device::Cpu);
     let list = |t: &Tensor| -> Vec<Vec<i64>> { Vec::<Vec<i64>>::try_from(t).unwrap() };
     std::fs::write(
         path,
@@ -107,7 +107,7 @@ fn one_full_fine_tuning_step_matches_pytorch_adamw() {
     let norm = opt.clip_grad_norm(clip).double_value(&[]);
     let want_norm = facts["grad_norm"].as_f64().unwrap();
     assert!((norm - want_norm).abs() / want_norm < 1e-4, "grad norm {norm} vs {want_norm}");
-    opt.update(lr);
+    opt.update(lr, &loss);
     // Compare the updates themselves: ‖Δours − Δtorch‖ / ‖Δtorch‖ per tensor.
     let mut worst = 0.0f64;
     for (name, w) in weights::variables(&b.base) {

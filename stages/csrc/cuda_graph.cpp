@@ -1,0 +1,120 @@
+// CUDA graphs for training steps: libtorch's `at::cuda::CUDAGraph`, what `torch.cuda.graph`
+// drives from Python. A step's kernels are captured once per batch shape, then each later step
+// of that shape is one launch — the host no longer issues thousands of kernels per step.
+// tch 0.24 does not bind it. Called from `src/cuda_graph.rs`; errors come back as -1 with
+// libtorch's message in `err`, never as a C++ exception. Compiled only where the CUDA runtime's
+// headers are found (the build script says so with the `sumflow_cuda_graphs` cfg).
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <cstring>
+#include <exception>
+#include <optional>
+
+namespace {
+
+// A graph and the side stream it is captured on (capture needs a stream other than the
+// default one), current while capturing; `previous` is the stream to put back. (Streams are set
+// by hand: `CUDAStreamGuard`'s header calls the CUDA runtime inline, which would make the binary
+// link `libcudart` itself rather than through libtorch.)
+struct Graph {
+  at::cuda::CUDAGraph graph;
+  c10::cuda::CUDAStream stream;
+  std::optional<c10::cuda::CUDAStream> previous;
+  explicit Graph(c10::cuda::CUDAStream s) : stream(s) {}
+
+  void enter() {
+    previous = c10::cuda::getCurrentCUDAStream(stream.device_index());
+    c10::cuda::setCurrentCUDAStream(stream);
+  }
+  void leave() {
+    if (previous.has_value()) {
+      c10::cuda::setCurrentCUDAStream(*previous);
+      previous.reset();
+    }
+  }
+};
+
+void message(const std::exception &e, char *err, size_t len) {
+  if (err != nullptr && len > 0) {
+    std::strncpy(err, e.what(), len - 1);
+    err[len - 1] = '\0';
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// A memory pool that graphs captured one after another share (their intermediates are dead
+// between steps, so one step's worth of memory serves every shape).
+int sumflow_graph_pool(unsigned long long *a, unsigned long long *b, char *err, size_t len) {
+  try {
+    auto pool = at::cuda::graph_pool_handle();
+    *a = pool.first;
+    *b = pool.second;
+    return 0;
+  } catch (const std::exception &e) {
+    message(e, err, len);
+    return -1;
+  }
+}
+
+// Starts capturing on `device` into pool (a, b): until `sumflow_graph_end`, the work this thread
+// issues (and the backward it starts) is recorded, not run. The caller has waited for the device.
+void *sumflow_graph_begin(int device, unsigned long long a, unsigned long long b, char *err, size_t len) {
+  Graph *g = nullptr;
+  try {
+    g = new Graph(c10::cuda::getStreamFromPool(false, static_cast<c10::DeviceIndex>(device)));
+    g->enter();
+    g->graph.capture_begin({a, b});
+    return g;
+  } catch (const std::exception &e) {
+    message(e, err, len);
+    if (g != nullptr) {
+      g->leave();
+    }
+    delete g;
+    return nullptr;
+  }
+}
+
+// Ends the capture (instantiating the graph) and puts the previous stream back.
+int sumflow_graph_end(void *handle, char *err, size_t len) {
+  auto *g = static_cast<Graph *>(handle);
+  try {
+    g->graph.capture_end();
+    g->leave();
+    return 0;
+  } catch (const std::exception &e) {
+    message(e, err, len);
+    g->leave();
+    return -1;
+  }
+}
+
+// Runs the captured work again on the current stream, with fresh random-number offsets.
+int sumflow_graph_replay(void *handle, char *err, size_t len) {
+  try {
+    static_cast<Graph *>(handle)->graph.replay();
+    return 0;
+  } catch (const std::exception &e) {
+    message(e, err, len);
+    return -1;
+  }
+}
+
+// Frees a graph; one still capturing (the step failed half-way) ends its capture first.
+void sumflow_graph_free(void *handle) {
+  auto *g = static_cast<Graph *>(handle);
+  if (g->previous.has_value()) {
+    try {
+      g->graph.capture_end();
+    } catch (...) {
+    }
+    g->leave();
+  }
+  delete g;
+}
+
+}  // extern "C"

@@ -1,0 +1,142 @@
+//! `SUMFLOW_TRACE=DIR`: libtorch's own profiler (Kineto, what `torch.profiler` drives) over a
+//! few training steps, saved as a Chrome trace in `DIR` — every operator the host dispatched and,
+//! on CUDA, every kernel the device ran. Where [`crate::step_profile`] says how long each phase
+//! took, a trace says which kernels the time went to and where the device sat idle
+//! (`python/trace_summary.py` condenses one; `chrome://tracing` or Perfetto shows it whole).
+//! tch 0.24 does not bind the profiler, so it goes through a small C++ shim
+//! (`csrc/trace.cpp`, compiled by the build script beside the autocast one).
+
+#![allow(unsafe_code)] // the two calls into the shim: an int, and a C string that outlives the call
+
+use std::ffi::CString;
+use std::os::raw::{c_char, c_int};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tch::Device;
+
+extern "C" {
+    fn sumflow_trace_start(cuda: c_int) -> c_int;
+    fn sumflow_trace_stop(path: *const c_char) -> c_int;
+}
+
+/// Steps of a run that are traced: the first two warm up (allocator, kernel choices) and are
+/// left out.
+const FIRST: u64 = 3;
+const LAST: u64 = 5;
+
+/// Traces written by this process so far, to name the next one.
+static TRACES: AtomicUsize = AtomicUsize::new(0);
+
+/// A trace of steps [`FIRST`]..=[`LAST`] of one training run.
+pub struct StepTrace {
+    dir: PathBuf,
+    device: Device,
+    recording: bool,
+    /// The last step that ran.
+    step: u64,
+}
+
+impl StepTrace {
+    /// A trace into the folder `SUMFLOW_TRACE` names, when it is set and not empty.
+    pub fn from_env(device: Device) -> Option<Self> {
+        let dir = std::env::var_os("SUMFLOW_TRACE").filter(|d| !d.is_empty())?;
+        Some(StepTrace::new(PathBuf::from(dir), device))
+    }
+
+    /// A trace into `dir`.
+    pub fn new(dir: PathBuf, device: Device) -> Self {
+        StepTrace { dir, device, recording: false, step: 0 }
+    }
+
+    fn wait(&self) {
+        if let Device::Cuda(i) = self.device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    }
+
+    /// Before the run's `n`th step (from 1): starts recording at the first traced step, once the
+    /// device has finished the steps before it.
+    pub fn before_step(&mut self, n: u64) {
+        if n == FIRST && !self.recording {
+            self.wait();
+            // SAFETY: a plain integer in; the shim catches every C++ exception.
+            let rc = unsafe { sumflow_trace_start(c_int::from(self.device.is_cuda())) };
+            self.recording = rc == 0;
+            if rc != 0 {
+                eprintln!("SUMFLOW_TRACE: libtorch's profiler did not start; no trace");
+            }
+        }
+    }
+
+    /// After the run's `n`th step: at the last traced step (or with `force`, when the run ends
+    /// early), waits for the device and writes the trace; returns its path.
+    pub fn after_step(&mut self, n: u64, force: bool) -> Option<PathBuf> {
+        self.step = n;
+        if !self.recording || (n < LAST && !force) {
+            return None;
+        }
+        self.wait();
+        self.recording = false;
+        let k = TRACES.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.join(format!("train-{}-{k}.json", std::process::id()));
+        match self.stop(&path) {
+            Ok(()) => {
+                eprintln!("SUMFLOW_TRACE: steps {FIRST}..={n} traced into {}", path.display());
+                Some(path)
+            }
+            Err(e) => {
+                eprintln!("SUMFLOW_TRACE: {e}");
+                None
+            }
+        }
+    }
+
+    fn stop(&self, path: &Path) -> Result<(), String> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        let c_path = CString::new(path.to_string_lossy().as_bytes()).map_err(|_| "a NUL in the trace path")?;
+        // SAFETY: `c_path` is a NUL-terminated string alive for the whole call; the shim copies
+        // it and catches every C++ exception.
+        let rc = unsafe { sumflow_trace_stop(c_path.as_ptr()) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(format!("libtorch's profiler could not write {}", path.display()))
+        }
+    }
+}
+
+impl Drop for StepTrace {
+    /// A run that stops while recording (it ended early, or failed) still writes what it has.
+    fn drop(&mut self) {
+        let _ = self.after_step(self.step, true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::{Kind, Tensor};
+
+    use super::*;
+
+    #[test]
+    fn the_traced_steps_operators_land_in_a_chrome_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut trace = StepTrace::new(dir.path().join("traces"), Device::Cpu);
+        let a = Tensor::ones([8, 8], (Kind::Float, Device::Cpu));
+        let mut written = Vec::new();
+        for n in 1..=6 {
+            trace.before_step(n);
+            // Step n multiplies n times: steps 3, 4 and 5 make 12 products.
+            for _ in 0..n {
+                let _product = a.mm(&a);
+            }
+            written.extend(trace.after_step(n, false));
+        }
+        assert_eq!(written.len(), 1, "one trace, after step {LAST}");
+        let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&written[0]).unwrap()).unwrap();
+        let events = json["traceEvents"].as_array().expect("a Chrome trace");
+        let products = events.iter().filter(|e| e["name"] == "aten::mm").count();
+        assert_eq!(products, 12, "the products of steps {FIRST}..={LAST}, and only those");
+    }
+}

@@ -32,10 +32,10 @@ case $what in
   check) arch=tiny; device=cpu; bench=(--train-steps 3 --generate 40 --generate-one-at-a-time 4 --max-new-tokens 16 --batch-tokens 4096 --dtype bf16)
          lab=(--set subsample=100 --set max_steps=4 --set max_new_tokens=8 --set train_dtype=bf16 --set gen_dtype=bf16)
          steps=3; big=(--batch-tokens 8192 --max-batch-rows 256); gen=(--generate 40 --generate-batch-tokens 2048 --max-new-tokens 16)
-         gsteps=4; gsteps2=6 ;;
+         gsteps=4; gsteps2=6; ngen=40 ;;
   *)     arch=flan-t5-base; device=cuda; bench=(--train-steps 30 --generate 500 --generate-one-at-a-time 20 --max-new-tokens 40)
          lab=(); steps=10; big=(--batch-tokens 65536 --max-batch-rows 256); gen=(--generate 500 --generate-batch-tokens 65536)
-         gsteps=30; gsteps2=80 ;;
+         gsteps=30; gsteps2=80; ngen=500 ;;
 esac
 model=$SUMFLOW_CACHE/models/$arch
 [ -f "$model/model.safetensors" ] || "$sumflow" make-model --arch $arch --tokenizer-data "$data/dialogsum" --out "$model"
@@ -63,17 +63,21 @@ if [ "$what" = graphs ] || [ "$what" = check ]; then
   # The CUDA graph test (eager and graphed steps give the same losses); training as shipped;
   # with the padding graphs need (64-token sources, 16-token labels: 20 shapes per epoch) but
   # eager, for what the padding costs; with CUDA graphs (long enough for shapes to come back:
-  # the bench adds a replays-only figure); the same in 4× batches; last, where an eager step's
+  # the bench adds a replays-only figure); the same in 4× batches; generation eager and with
+  # the fixed-shape greedy decoder replayed as a graph; last, where an eager step's
   # time goes, kernel by kernel (libtorch's profiler over 3 steps, condensed here).
-  one=(--model "$model" --device $device --data "$data/dialogsum" --results "$data/lab-results/dialogue-summary-training-results.csv" --generate 0 --generate-one-at-a-time 0)
+  one=(--model "$model" --device $device --data "$data/dialogsum" --results "$data/lab-results/dialogue-summary-training-results.csv" --generate-one-at-a-time 0)
   pad=(--pad-to-multiple-of 64 --pad-labels-to-multiple-of 16)
   traces=$(mktemp -d)
   { if [ -x .carry/stages-tests ]; then .carry/stages-tests cuda_graph --nocapture --test-threads 1; else echo "no .carry/stages-tests: the CUDA graph test is not run"; fi
-    "$sumflow" bench "${one[@]}" --train-steps $gsteps
-    "$sumflow" bench "${one[@]}" --train-steps $gsteps "${pad[@]}"
-    "$sumflow" bench "${one[@]}" --train-steps $gsteps2 "${pad[@]}" --cuda-graphs
-    "$sumflow" bench "${one[@]}" --train-steps $gsteps "${pad[@]}" "${big[@]}" --cuda-graphs
-    SUMFLOW_TRACE=$traces "$sumflow" bench "${one[@]}" --train-steps 6
+    "$sumflow" bench "${one[@]}" --generate 0 --train-steps $gsteps
+    "$sumflow" bench "${one[@]}" --generate 0 --train-steps $gsteps "${pad[@]}"
+    "$sumflow" bench "${one[@]}" --generate 0 --train-steps $gsteps2 "${pad[@]}" --cuda-graphs
+    "$sumflow" bench "${one[@]}" --generate 0 --train-steps $gsteps "${pad[@]}" "${big[@]}" --cuda-graphs
+    # Generation: 500 dialogues × 40 tokens, eager and with the fixed-shape decoder in graphs.
+    "$sumflow" bench "${one[@]}" --train-steps 2 "${pad[@]}" --generate $ngen
+    "$sumflow" bench "${one[@]}" --train-steps 2 "${pad[@]}" --generate $ngen --cuda-graphs
+    SUMFLOW_TRACE=$traces "$sumflow" bench "${one[@]}" --generate 0 --train-steps 6
     for t in "$traces"/*.json; do "$PYTHON" python/trace_summary.py "$t"; done; } 2>&1 | tee "$out/graphs.txt"
   rm -rf "$traces"
 fi
@@ -86,7 +90,7 @@ if [ "$what" = lab ] || [ "$what" = check ]; then
   cp "$(dirname "$report")/report.md" "$out/lab-report.md"
 fi
 if [ "$what" = lab-graphs ] || [ "$what" = check ]; then
-  # After `lab` (its cache): only the training stages and what follows them run again.
+  # After `lab` (its cache): the data stages are reused; the model stages run again.
   "$sumflow" run pipelines/dialogsum-flan-t5.yaml --set model="$model" --set data="$data/dialogsum" \
     --set device=$device "${lab[@]}" --set pad_to_multiple_of=64 --set pad_labels_to_multiple_of=16 --set cuda_graphs=true \
     2> >(tee "$out/lab-graphs-stderr.txt" >&2) | tee "$out/lab-graphs-stdout.txt"

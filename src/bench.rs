@@ -39,8 +39,8 @@ pub struct BenchOptions {
     /// The labels' multiple, when it differs from the sources'.
     #[arg(long)]
     pub pad_labels_to_multiple_of: Option<usize>,
-    /// Training steps captured as CUDA graphs, one per batch shape, and replayed (needs
-    /// `--pad-to-multiple-of` ≥ 8).
+    /// CUDA graphs: training steps captured once per batch shape and replayed (needs
+    /// `--pad-to-multiple-of` ≥ 8), and greedy decoding with fixed shapes, a token's step replayed.
     #[arg(long)]
     pub cuda_graphs: bool,
     /// Tokens per generation batch (default: the `generate` stage's for the device).
@@ -335,6 +335,7 @@ mod imp {
                 decoding: Strategy::Greedy,
                 batch_tokens: o.generate_batch_tokens,
                 one_at_a_time: one,
+                cuda_graphs: o.cuda_graphs,
             };
             let meter = Meter::start();
             let r = summarize(&m, &prompts[..n], &g, &NoProgress)?;

@@ -130,6 +130,7 @@ mod imp {
             decoding,
             batch_tokens: None,
             one_at_a_time: false,
+            cuda_graphs: false,
         };
         let prompts: Vec<String> = dialogues.iter().map(|d| render(LAB_TEMPLATE, d)).collect();
         Ok(generate_all(&m, &prompts, &o, &NoProgress)?.summaries.into_iter().map(|s| s.0).collect())

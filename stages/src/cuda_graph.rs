@@ -22,25 +22,56 @@ use tch::{Device, Tensor};
 
 /// The captured steps of one training run, by batch shape, sharing one memory pool.
 pub struct CudaGraphs {
-    device: usize,
+    device: Device,
     pool: (u64, u64),
     steps: HashMap<Vec<i64>, Captured>,
 }
 
 /// One shape's graph, the input tensors it reads and the loss it writes.
 struct Captured {
-    graph: ffi::Graph,
+    graph: Graph,
     inputs: Vec<Tensor>,
     loss: Tensor,
+}
+
+/// Work captured once on a CUDA device and replayed: the same kernels on the same tensors.
+pub struct Graph(ffi::Graph);
+
+impl Graph {
+    /// Captures the work `f` issues on `device` (into memory `pool`, shared with other graphs,
+    /// or a pool of its own), then runs it once; returns the graph and what `f` returned. `f`
+    /// must not wait for the device, and the tensors it uses must outlive the graph.
+    pub fn capture<T>(device: Device, pool: Option<(u64, u64)>, f: impl FnOnce() -> T) -> Result<(Graph, T), String> {
+        let Device::Cuda(index) = device else {
+            return Err(format!("CUDA graphs need a CUDA device, not {device:?}"));
+        };
+        let pool = match pool {
+            Some(p) => p,
+            None => ffi::pool()?,
+        };
+        tch::Cuda::synchronize(index as i64);
+        let graph = Graph(ffi::Graph::begin(index, pool)?);
+        // A panic inside (a libtorch error tch unwraps) ends the capture as the graph drops.
+        let value = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+            .map_err(|p| format!("the work failed while being captured: {}", panic_message(&p)))?;
+        graph.0.end()?;
+        graph.replay()?;
+        Ok((graph, value))
+    }
+
+    /// Runs the captured work again.
+    pub fn replay(&self) -> Result<(), String> {
+        self.0.replay()
+    }
 }
 
 impl CudaGraphs {
     /// Graphs on `device`; an error off CUDA or where this build has no CUDA graph support.
     pub fn new(device: Device) -> Result<Self, String> {
-        let Device::Cuda(index) = device else {
+        if !device.is_cuda() {
             return Err(format!("CUDA graphs need a CUDA device, not {device:?}"));
-        };
-        Ok(CudaGraphs { device: index, pool: ffi::pool()?, steps: HashMap::new() })
+        }
+        Ok(CudaGraphs { device, pool: ffi::pool()?, steps: HashMap::new() })
     }
 
     /// Shapes captured so far.
@@ -62,13 +93,7 @@ impl CudaGraphs {
         }
         // The graph's inputs live outside its pool, for as long as the graph.
         let statics: Vec<Tensor> = inputs.iter().map(|t| t.copy()).collect();
-        tch::Cuda::synchronize(self.device as i64);
-        let graph = ffi::Graph::begin(self.device, self.pool)?;
-        // A panic inside (a libtorch error tch unwraps) ends the capture as the graph drops.
-        let loss = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step(&statics)))
-            .map_err(|p| format!("a step failed while being captured: {}", panic_message(&p)))?;
-        graph.end()?;
-        graph.replay()?;
+        let (graph, loss) = Graph::capture(self.device, Some(self.pool), || step(&statics))?;
         self.steps.insert(key, Captured { graph, inputs: statics, loss: loss.shallow_clone() });
         Ok(loss)
     }

@@ -16,7 +16,7 @@ use crate::model_ref;
 use crate::stage::{
     ArtifactKind, FileInput, InputRef, InputSlot, OutputDecl, ParamError, Progress, Resource, Stage, StageContext,
 };
-use crate::t5::decode::{generate, Strategy};
+use crate::t5::decode::{generate, greedy_fixed, Strategy};
 use crate::t5::device::{self, DeviceChoice, DtypeChoice};
 use crate::t5::loader::{self, Loaded};
 use crate::table::Table;
@@ -37,6 +37,9 @@ pub struct GenerateOptions {
     pub batch_tokens: Option<usize>,
     /// The lab's loop: one dialogue at a time.
     pub one_at_a_time: bool,
+    /// Greedy decoding with fixed shapes, each token's step replayed as a CUDA graph (CUDA
+    /// only; [`crate::t5::decode::greedy_fixed`]).
+    pub cuda_graphs: bool,
 }
 
 /// Params of `generate`.
@@ -82,6 +85,11 @@ pub struct GenerateParams {
     /// The lab's loop: one dialogue at a time (for benchmarks).
     #[serde(default)]
     pub one_at_a_time: bool,
+    /// Greedy decoding with fixed shapes, each token's step replayed as a CUDA graph (CUDA only;
+    /// ignored on the CPU): one launch per token instead of the decoder's few hundred kernels.
+    /// Not yet measured on a GPU, so off by default.
+    #[serde(default)]
+    pub cuda_graphs: bool,
     /// `auto`, `cpu` or `cuda`.
     #[serde(default)]
     pub device: DeviceChoice,
@@ -117,6 +125,7 @@ impl GenerateParams {
             decoding: self.decoding.clone(),
             batch_tokens: self.batch_tokens,
             one_at_a_time: self.one_at_a_time,
+            cuda_graphs: self.cuda_graphs,
         }
     }
 }
@@ -212,8 +221,19 @@ pub fn summarize(
         let shape = [rows as i64, longest as i64];
         let x = Tensor::from_slice(&ids).view(shape).to_device(device);
         let mask = Tensor::from_slice(&mask).view(shape).to_device(device);
-        match catch_unwind(AssertUnwindSafe(|| generate(&m.model, &x, &mask, o.max_new_tokens, &o.decoding))) {
-            Ok(out) => {
+        let fixed = o.cuda_graphs && device.is_cuda() && o.decoding == Strategy::Greedy;
+        let run = || {
+            if fixed {
+                greedy_fixed(&m.model, &x, &mask, o.max_new_tokens, true)
+            } else {
+                Ok(generate(&m.model, &x, &mask, o.max_new_tokens, &o.decoding))
+            }
+        };
+        match catch_unwind(AssertUnwindSafe(run)) {
+            Ok(Err(e)) => {
+                return Err(StageError::data("cuda_graphs", format!("{e}; without it decoding runs eagerly")));
+            }
+            Ok(Ok(out)) => {
                 for (&i, seq) in batch.iter().zip(out) {
                     outputs[i] = seq;
                 }
@@ -316,6 +336,9 @@ impl Stage for Generate {
         }
         if p.dtype == DtypeChoice::Fp16 && !p.force_fp16 {
             errors.push(ParamError::new("dtype", "fp16 overflows to NaN in T5; use bf16, or set force_fp16: true"));
+        }
+        if p.cuda_graphs && p.decoding != Strategy::Greedy {
+            errors.push(ParamError::new("cuda_graphs", "is for greedy decoding (`decoding: {strategy: greedy}`)"));
         }
         errors
     }

@@ -809,8 +809,9 @@ mod tests {
                 .map(|i| (0..3 + i % 7).map(|t| 2 + ((i * 5 + t) % 97) as i32).chain([1]).collect())
                 .collect(),
         };
-        let run = |method: Method, graphs: bool| -> Vec<f64> {
-            tch::manual_seed(0);
+        // A model with adapters for `method`, randomly initialized (the global generator is
+        // shared with tests on other threads: runs copy one reference's weights instead).
+        let fresh = |method: Method| {
             let mut base = nn::VarStore::new(device);
             let mut config = crate::t5::config::T5Config::preset("tiny").unwrap();
             config.vocab_size = 100;
@@ -823,7 +824,14 @@ mod tests {
                 lora::apply(&mut model, &adapters.root(), &settings);
                 adapters
             });
-            let b = Built { model, base, adapters, dir: PathBuf::new() };
+            Built { model, base, adapters, dir: PathBuf::new() }
+        };
+        let run = |method: Method, reference: &Built, graphs: bool| -> Vec<f64> {
+            let mut b = fresh(method);
+            b.base.copy(&reference.base).unwrap();
+            if let (Some(a), Some(r)) = (&mut b.adapters, &reference.adapters) {
+                a.copy(r).unwrap();
+            }
             let p: TrainParams = serde_yaml::from_str(&format!(
                 "train: t\nmodel: m\nmax_steps: 12\nbatch_tokens: 160\nmax_batch_rows: 6\npad_to_multiple_of: 8\n\
                  cuda_graphs: {graphs}\nlr: 0.001\nweight_decay: 0.01\ncheckpoint_every: 0\nepochs: 3"
@@ -842,7 +850,8 @@ mod tests {
             progress.losses.iter().map(|l| l.1).collect()
         };
         for method in [Method::Full, Method::Lora] {
-            let (eager, graphed) = (run(method, false), run(method, true));
+            let reference = fresh(method);
+            let (eager, graphed) = (run(method, &reference, false), run(method, &reference, true));
             assert_eq!((eager.len(), graphed.len()), (12, 12));
             for (step, (e, g)) in eager.iter().zip(&graphed).enumerate() {
                 assert!((e - g).abs() <= 2e-3 * e.abs(), "{method:?} step {}: eager {e}, graphed {g}", step + 1);

@@ -9,12 +9,15 @@ use tch::{nn, Device, Kind, Tensor};
 use super::config::T5Config;
 use crate::lora::Lora;
 
-/// Keys and values of one decoder layer: self-attention grows a step at a time, cross-attention
-/// is computed once from the encoder output.
+/// Keys and values of one decoder layer: self-attention grows a step at a time (or, in a fixed
+/// cache, is written in place at `position`), cross-attention is computed once from the encoder
+/// output.
 #[derive(Debug, Default)]
 pub struct LayerCache {
     self_kv: Option<(Tensor, Tensor)>,
     cross_kv: Option<(Tensor, Tensor)>,
+    /// For a fixed cache: the position the next step writes (one int64 on the device).
+    position: Option<Tensor>,
 }
 
 /// The decoder's cache for incremental decoding, one entry per layer.
@@ -30,7 +33,30 @@ impl KvCache {
         KvCache { layers: (0..layers).map(|_| LayerCache::default()).collect() }
     }
 
-    /// Decoder positions already cached.
+    /// A cache of fixed size for `len` positions of `shape` = (rows, heads, d_kv) per layer:
+    /// each step writes its keys and values in place at [`KvCache::position`] (then moved on by
+    /// the caller) and attends to all `len` positions, the later ones masked — so every step
+    /// has the same shapes and reads nothing back, as a CUDA graph needs.
+    pub fn fixed(layers: usize, (rows, heads, d_kv): (i64, i64, i64), len: i64, kind: Kind, device: Device) -> Self {
+        let position = Tensor::zeros([1], (Kind::Int64, device));
+        let buffer = || Tensor::zeros([rows, heads, len, d_kv], (kind, device));
+        KvCache {
+            layers: (0..layers)
+                .map(|_| LayerCache {
+                    self_kv: Some((buffer(), buffer())),
+                    cross_kv: None,
+                    position: Some(position.shallow_clone()),
+                })
+                .collect(),
+        }
+    }
+
+    /// A fixed cache's write position (shared by its layers; the caller advances it in place).
+    pub fn position(&self) -> Option<&Tensor> {
+        self.layers.first().and_then(|l| l.position.as_ref())
+    }
+
+    /// Decoder positions already cached (a fixed cache: all it holds).
     pub fn len(&self) -> i64 {
         self.layers.first().and_then(|l| l.self_kv.as_ref()).map_or(0, |(k, _)| k.size()[2])
     }
@@ -215,10 +241,24 @@ impl Attention {
 
     /// The bias `(1, heads, q_len, k_len)` for queries starting at position `offset`.
     pub fn compute_bias(&self, q_len: i64, k_len: i64, offset: i64) -> Tensor {
-        let emb = self.relative_bias.as_ref().expect("only the first layer computes the bias");
-        let device = emb.ws.device();
+        let device = self.bias_device();
         let context = Tensor::arange(q_len, (Kind::Int64, device)).unsqueeze(1) + offset;
-        let memory = Tensor::arange(k_len, (Kind::Int64, device)).unsqueeze(0);
+        self.bias_from(&context, k_len)
+    }
+
+    /// The bias `(1, heads, 1, k_len)` for one query at `position` (one int64 on the device).
+    pub fn compute_bias_at(&self, position: &Tensor, k_len: i64) -> Tensor {
+        self.bias_from(&position.view([1, 1]), k_len)
+    }
+
+    fn bias_device(&self) -> Device {
+        self.relative_bias.as_ref().expect("only the first layer computes the bias").ws.device()
+    }
+
+    /// The bias for query positions `context` `(q, 1)` against keys `0..k_len`.
+    fn bias_from(&self, context: &Tensor, k_len: i64) -> Tensor {
+        let emb = self.relative_bias.as_ref().expect("only the first layer computes the bias");
+        let memory = Tensor::arange(k_len, (Kind::Int64, self.bias_device())).unsqueeze(0);
         let buckets = self.bucket(&(memory - context));
         buckets.apply(emb).permute([2, 0, 1]).unsqueeze(0)
     }
@@ -245,6 +285,14 @@ impl Attention {
             |src: &Tensor| (self.heads(&self.project(1, src, train)), self.heads(&self.project(2, src, train)));
         let (k, v) = match cache {
             CacheSlot::None => project(kv_source.unwrap_or(x)),
+            CacheSlot::SelfAttn(layer) if layer.position.is_some() => {
+                let (k, v) = project(x);
+                let (kb, vb) = layer.self_kv.as_ref().expect("a fixed cache is allocated");
+                let at = layer.position.as_ref().expect("just checked");
+                let _ = kb.shallow_clone().index_copy_(2, at, &k);
+                let _ = vb.shallow_clone().index_copy_(2, at, &v);
+                (kb.shallow_clone(), vb.shallow_clone())
+            }
             CacheSlot::SelfAttn(layer) => {
                 let (k, v) = project(x);
                 let (k, v) = match layer.self_kv.take() {

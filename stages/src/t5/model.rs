@@ -142,10 +142,20 @@ impl T5 {
     ) -> Tensor {
         let (device, kind) = self.device_kind();
         let t = decoder_ids.size()[1];
-        let offset = cache.as_ref().map_or(0, |c| c.len());
-        let k = offset + t;
-        let causal = Tensor::ones([t, k], (kind, device)).triu(offset + 1) * mask_value(kind);
-        let bias = self.decoder.blocks[0].self_attn.compute_bias(t, k, offset) + causal.unsqueeze(0).unsqueeze(0);
+        let first = &self.decoder.blocks[0].self_attn;
+        let bias = match cache.as_ref().and_then(|c| c.position().map(|p| (p.shallow_clone(), c.len()))) {
+            // A fixed cache: one query at the position it holds; later positions are masked.
+            Some((position, k)) => {
+                let later = Tensor::arange(k, (Kind::Int64, device)).gt_tensor(&position);
+                first.compute_bias_at(&position, k) + (later.to_kind(kind) * mask_value(kind)).view([1, 1, 1, k])
+            }
+            None => {
+                let offset = cache.as_ref().map_or(0, |c| c.len());
+                let k = offset + t;
+                let causal = Tensor::ones([t, k], (kind, device)).triu(offset + 1) * mask_value(kind);
+                first.compute_bias(t, k, offset) + causal.unsqueeze(0).unsqueeze(0)
+            }
+        };
         let enc_mask = self.extended_mask(attention_mask);
         let inputs =
             BlockInputs { self_bias: &bias, encoder: Some((encoder_out, &enc_mask)), attention: self.attention, train };

@@ -129,12 +129,18 @@ fn pickled_weights_are_refused() {
 }
 
 #[test]
-fn fp16_is_refused_before_anything_runs() {
-    let s = Sandbox::new();
-    s.write("p.yaml", format!("name: t\nstages:\n  d: {{kind: load, path: {}}}\n  g: {{kind: generate, input: d.test, model: x, dtype: fp16}}\n", shared("dialogsum").display()));
-    let out = s.run(&["validate", "p.yaml"]);
-    assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("stages.g.dtype: fp16 overflows to NaN in T5"), "{}", out.stderr);
+fn bad_generate_params_are_refused_before_anything_runs() {
+    for (params, says) in [
+        ("dtype: fp16", "stages.g.dtype: fp16 overflows to NaN in T5"),
+        ("cuda_graphs: true, decoding: {strategy: beam, num_beams: 2}", "stages.g.cuda_graphs: is for greedy decoding"),
+    ] {
+        let s = Sandbox::new();
+        let data = shared("dialogsum");
+        s.write("p.yaml", format!("name: t\nstages:\n  d: {{kind: load, path: {}}}\n  g: {{kind: generate, input: d.test, model: x, {params}}}\n", data.display()));
+        let out = s.run(&["validate", "p.yaml"]);
+        assert_eq!(out.code, 1, "{params}");
+        assert!(out.stderr.contains(says), "{params}: {}", out.stderr);
+    }
 }
 
 #[test]

@@ -1,8 +1,10 @@
-//! CUDA graphs for training steps (`cuda_graphs: true` on a training stage): the first step of
-//! each batch shape is captured — forward, backward, clipping, the AdamW update, zeroing — and
-//! every later step of that shape replays it with one launch, after copying its batch into the
-//! graph's input tensors. On the H200, an eager flan-t5-base step spends most of its time
-//! issuing ≈ 28,000 operators from the host (`SUMFLOW_TRACE`); a replay issues none.
+//! CUDA graphs: work captured once and replayed with one launch ([`Graph`]). Training
+//! (`cuda_graphs: true` on a training stage, [`CudaGraphs`]): the first step of each batch shape
+//! is captured — forward, backward, clipping, the AdamW update, zeroing — and every later step
+//! of that shape replays it, after copying its batch into the graph's input tensors; an eager
+//! flan-t5-base step issues ≈ 28,000 operators from the host (`SUMFLOW_TRACE`), a replay none.
+//! Decoding (`cuda_graphs: true` on `generate`): each token's step of the fixed-shape greedy
+//! decoder ([`crate::t5::decode::greedy_fixed`]).
 //!
 //! What makes a step capturable (and the eager step the same computation): no host reads inside
 //! it — the optimizer takes its per-step scalars as device tensors and skips a non-finite step

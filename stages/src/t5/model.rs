@@ -146,6 +146,7 @@ impl T5 {
         let bias = match cache.as_ref().and_then(|c| c.position().map(|p| (p.shallow_clone(), c.len()))) {
             // A fixed cache: one query at the position it holds; later positions are masked.
             Some((position, k)) => {
+                assert_eq!(t, 1, "a fixed cache decodes one token at a time");
                 let later = Tensor::arange(k, (Kind::Int64, device)).gt_tensor(&position);
                 first.compute_bias_at(&position, k) + (later.to_kind(kind) * mask_value(kind)).view([1, 1, 1, k])
             }

@@ -154,7 +154,7 @@ mod imp {
     use sumflow_stages::t5::decode::Strategy;
     use sumflow_stages::t5::device::{DeviceChoice, DtypeChoice};
     use sumflow_stages::tokenize::{render, tokenize, TokenTable, TokenizeParams, LAB_TEMPLATE};
-    use sumflow_stages::train::{batches, build, train, Method, TrainParams};
+    use sumflow_stages::train::{batches, build, train, Method, Padding, TrainParams};
     use sumflow_stages::{InputRef, NoProgress, StageContext};
 
     /// Peak memory over one measurement.
@@ -268,24 +268,11 @@ mod imp {
         let mut figures = vec![figure(format!("{} steps after 1 warm-up", timed.len()), &timed)];
         if p.cuda_graphs && b.trainable().device().is_cuda() {
             // Also the steady state: the steps that replayed a graph captured by an earlier step
-            // of the same batch shape (widths and rows padded as the training loop pads them).
-            let (ps, pl) = (p.pad_to_multiple_of, p.pad_labels_to_multiple_of.unwrap_or(p.pad_to_multiple_of));
-            let width = |rows: &[usize], t: &[Vec<i32>], m: usize| {
-                rows.iter().map(|&r| t[r].len()).max().unwrap_or(1).next_multiple_of(m)
-            };
+            // of the same batch shape (padded as the training loop pads it).
+            let padding = Padding::for_training(&p, true);
             let mut seen = std::collections::HashSet::new();
-            let replays: Vec<(&Vec<usize>, f64)> = timed
-                .iter()
-                .filter(|(rows, _)| {
-                    let shape = (
-                        rows.len().next_multiple_of(8),
-                        width(rows, &tokens.input_ids, ps),
-                        width(rows, &tokens.labels, pl),
-                    );
-                    !seen.insert(shape)
-                })
-                .copied()
-                .collect();
+            let replays: Vec<(&Vec<usize>, f64)> =
+                timed.iter().filter(|(rows, _)| !seen.insert(padding.shape(tokens, rows))).copied().collect();
             if !replays.is_empty() {
                 figures.push(figure(
                     format!("CUDA graph replays only: {} of {} steps", replays.len(), timed.len()),

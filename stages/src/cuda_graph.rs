@@ -51,7 +51,7 @@ impl Graph {
             Some(p) => p,
             None => ffi::pool()?,
         };
-        tch::Cuda::synchronize(index as i64);
+        crate::t5::device::synchronize(device);
         let graph = Graph(ffi::Graph::begin(index, pool)?);
         // A panic inside (a libtorch error tch unwraps) ends the capture as the graph drops.
         let value = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use tch::Device;
 
+use crate::t5::device::synchronize;
+
 /// Per phase: time to issue its work on the host, and the device's time beyond that.
 pub struct StepProfile {
     device: Device,
@@ -24,15 +26,9 @@ impl StepProfile {
         on.then(|| StepProfile { device, last: Instant::now(), phases: Vec::new(), steps: 0 })
     }
 
-    fn wait(&self) {
-        if let Device::Cuda(i) = self.device {
-            tch::Cuda::synchronize(i as i64);
-        }
-    }
-
     /// Starts a step (after the device has finished everything before it).
     pub fn start(&mut self) {
-        self.wait();
+        synchronize(self.device);
         self.steps += 1;
         self.last = Instant::now();
     }
@@ -40,7 +36,7 @@ impl StepProfile {
     /// Ends phase `name`.
     pub fn mark(&mut self, name: &'static str) {
         let issued = self.last.elapsed();
-        self.wait();
+        synchronize(self.device);
         let done = self.last.elapsed();
         match self.phases.iter_mut().find(|p| p.0 == name) {
             Some(p) => {

@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tch::Device;
 
+use crate::t5::device::synchronize;
+
 extern "C" {
     fn sumflow_trace_start(cuda: c_int) -> c_int;
     fn sumflow_trace_stop(path: *const c_char) -> c_int;
@@ -49,17 +51,11 @@ impl StepTrace {
         StepTrace { dir, device, recording: false, step: 0 }
     }
 
-    fn wait(&self) {
-        if let Device::Cuda(i) = self.device {
-            tch::Cuda::synchronize(i as i64);
-        }
-    }
-
     /// Before the run's `n`th step (from 1): starts recording at the first traced step, once the
     /// device has finished the steps before it.
     pub fn before_step(&mut self, n: u64) {
         if n == FIRST && !self.recording {
-            self.wait();
+            synchronize(self.device);
             // SAFETY: a plain integer in; the shim catches every C++ exception.
             let rc = unsafe { sumflow_trace_start(c_int::from(self.device.is_cuda())) };
             self.recording = rc == 0;
@@ -76,7 +72,7 @@ impl StepTrace {
         if !self.recording || (n < LAST && !force) {
             return None;
         }
-        self.wait();
+        synchronize(self.device);
         self.recording = false;
         let k = TRACES.fetch_add(1, Ordering::Relaxed);
         let path = self.dir.join(format!("train-{}-{k}.json", std::process::id()));

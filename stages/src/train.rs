@@ -262,10 +262,24 @@ impl Padding {
     /// To the longest row only.
     pub const NONE: Padding = Padding { sources: 1, labels: 1, rows: 1 };
 
-    /// As `p` asks, with rows to a multiple of `rows`.
-    fn of(p: &TrainParams, rows: usize) -> Padding {
+    /// How training pads batches for `p`; with `graphs` (steps replayed as CUDA graphs) rows go
+    /// to multiples of 8 too, for fewer shapes.
+    pub fn for_training(p: &TrainParams, graphs: bool) -> Padding {
         let sources = p.pad_to_multiple_of;
-        Padding { sources, labels: p.pad_labels_to_multiple_of.unwrap_or(sources), rows }
+        let labels = p.pad_labels_to_multiple_of.unwrap_or(sources);
+        Padding { sources, labels, rows: if graphs { 8 } else { 1 } }
+    }
+
+    /// The padded (rows, source width, label width) of the batch `rows`.
+    pub fn shape(&self, tokens: &TokenTable, rows: &[usize]) -> [usize; 3] {
+        let width = |table: &[Vec<i32>], multiple: usize| {
+            rows.iter().map(|&r| table[r].len()).max().unwrap_or(1).max(1).next_multiple_of(multiple.max(1))
+        };
+        [
+            rows.len().next_multiple_of(self.rows.max(1)),
+            width(&tokens.input_ids, self.sources),
+            width(&tokens.labels, self.labels),
+        ]
     }
 }
 
@@ -274,10 +288,9 @@ impl Padding {
 /// lone pad token unmasked, so attention has a key, and only ignored labels: they change no
 /// loss and no gradient).
 pub fn collate(tokens: &TokenTable, rows: &[usize], padding: Padding, device: Device) -> (Tensor, Tensor, Tensor) {
-    let n = rows.len().next_multiple_of(padding.rows.max(1));
+    let [n, source_width, label_width] = padding.shape(tokens, rows);
     let empty: Vec<i32> = Vec::new();
-    let pad = |seqs: Vec<&Vec<i32>>, fill: i64, multiple: usize| {
-        let w = seqs.iter().map(|s| s.len()).max().unwrap_or(1).max(1).next_multiple_of(multiple.max(1));
+    let pad = |seqs: Vec<&Vec<i32>>, fill: i64, w: usize| {
         let flat: Vec<i64> = seqs
             .iter()
             .flat_map(|s| s.iter().map(|&t| t as i64).chain(std::iter::repeat_n(fill, w - s.len())))
@@ -288,12 +301,12 @@ pub fn collate(tokens: &TokenTable, rows: &[usize], padding: Padding, device: De
     let x = pad(
         rows.iter().map(|&r| &tokens.input_ids[r]).chain(std::iter::repeat_n(&empty, extra)).collect(),
         0,
-        padding.sources,
+        source_width,
     );
     let y = pad(
         rows.iter().map(|&r| &tokens.labels[r]).chain(std::iter::repeat_n(&empty, extra)).collect(),
         -100,
-        padding.labels,
+        label_width,
     );
     let mask = x.ne(0).to_kind(Kind::Int64);
     if n > rows.len() {
@@ -375,7 +388,7 @@ fn validation_loss(b: &Built, tokens: &TokenTable, p: &TrainParams, device: Devi
         let mut sum = Tensor::zeros([], (Kind::Double, device));
         let mut n = 0usize;
         for rows in batches(tokens, p.batch_tokens, p.max_batch_rows, 0, 0) {
-            let (x, mask, y) = collate(tokens, &rows, Padding::of(p, 1), device);
+            let (x, mask, y) = collate(tokens, &rows, Padding::for_training(p, false), device);
             // Every label token counts (padding is -100 and not in `labels`).
             let targets: usize = rows.iter().map(|&r| tokens.labels[r].len()).sum();
             let loss = autocast::bf16(device, bf16, || b.model.loss(&x, &mask, &y, false));
@@ -418,7 +431,7 @@ pub fn train(
         }
         _ => None,
     };
-    let padding = Padding::of(p, if graphs.is_some() { 8 } else { 1 });
+    let padding = Padding::for_training(p, graphs.is_some());
     let mut taken = 0;
     while progress.step < total {
         let epoch_batches = batches(train, p.batch_tokens, p.max_batch_rows, p.seed, progress.epoch);

@@ -46,6 +46,13 @@ pub fn device(choice: DeviceChoice) -> Result<Device, StageError> {
     }
 }
 
+/// Waits until `device` has finished all the work queued on it (nothing to wait for on the CPU).
+pub fn synchronize(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
 /// Resolves the precision for `device`.
 pub fn kind(choice: DtypeChoice, device: Device, force_fp16: bool) -> Result<Kind, StageError> {
     match choice {

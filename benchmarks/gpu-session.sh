@@ -4,7 +4,8 @@
 #   bash benchmarks/gpu-session.sh DATA OUT bench   # sumflow bench beside the lab's Python path
 #   bash benchmarks/gpu-session.sh DATA OUT lab     # the lab pipeline, full DialogSum, 1 epoch each
 #   bash benchmarks/gpu-session.sh DATA OUT levers  # where a training step goes; batch-size levers
-#   bash benchmarks/gpu-session.sh DATA OUT graphs  # CUDA graphs: their test, bench figures, a trace
+#   bash benchmarks/gpu-session.sh DATA OUT graphs  # CUDA graphs: their tests, eager figures, a trace
+#   bash benchmarks/gpu-session.sh DATA OUT bench-graphs  # `bench` with CUDA graphs, beside Python
 #   bash benchmarks/gpu-session.sh DATA OUT lab-graphs  # the lab pipeline with CUDA graphs
 #   bash benchmarks/gpu-session.sh DATA OUT check   # all of them, tiny and short, on the CPU (a dry run)
 #
@@ -29,11 +30,11 @@ sumflow=./target/release/sumflow
 
 case $what in
   # The dry run also goes through bf16 (autocast in training), what CUDA runs by default.
-  check) arch=tiny; device=cpu; bench=(--train-steps 3 --generate 40 --generate-one-at-a-time 4 --max-new-tokens 16 --batch-tokens 4096 --dtype bf16)
+  check) arch=tiny; device=cpu; bsteps=3; bench=(--generate 40 --generate-one-at-a-time 4 --max-new-tokens 16 --batch-tokens 4096 --dtype bf16)
          lab=(--set subsample=100 --set max_steps=4 --set max_new_tokens=8 --set train_dtype=bf16 --set gen_dtype=bf16)
          steps=3; big=(--batch-tokens 8192 --max-batch-rows 256); gen=(--generate 40 --generate-batch-tokens 2048 --max-new-tokens 16)
          gsteps=4; gsteps2=6; ngen=40 ;;
-  *)     arch=flan-t5-base; device=cuda; bench=(--train-steps 30 --generate 500 --generate-one-at-a-time 20 --max-new-tokens 40)
+  *)     arch=flan-t5-base; device=cuda; bsteps=30; bench=(--generate 500 --generate-one-at-a-time 20 --max-new-tokens 40)
          lab=(); steps=10; big=(--batch-tokens 65536 --max-batch-rows 256); gen=(--generate 500 --generate-batch-tokens 65536)
          gsteps=30; gsteps2=80; ngen=500 ;;
 esac
@@ -42,7 +43,7 @@ model=$SUMFLOW_CACHE/models/$arch
 
 if [ "$what" = bench ] || [ "$what" = check ]; then
   BENCH_OUT=$out bash benchmarks/bench.sh "$model" --device $device --data "$data/dialogsum" \
-    --results "$data/lab-results/dialogue-summary-training-results.csv" "${bench[@]}" | tee "$out/bench.txt"
+    --results "$data/lab-results/dialogue-summary-training-results.csv" --train-steps $bsteps "${bench[@]}" | tee "$out/bench.txt"
 fi
 if [ "$what" = levers ] || [ "$what" = check ]; then
   # Training as shipped; with expandable allocator segments (the first training of a process
@@ -60,32 +61,34 @@ if [ "$what" = levers ] || [ "$what" = check ]; then
     "$sumflow" bench "${one[@]}" --train-steps 2 "${gen[@]}" --generate-one-at-a-time 0; } 2>&1 | tee "$out/levers.txt"
 fi
 if [ "$what" = graphs ] || [ "$what" = check ]; then
-  # The CUDA graph test (eager and graphed steps give the same losses); training as shipped;
-  # with the padding graphs need (64-token sources, 16-token labels: 20 shapes per epoch) but
-  # eager, for what the padding costs; with CUDA graphs (long enough for shapes to come back:
-  # the bench adds a replays-only figure); the same in 4× batches; generation eager and with
-  # the fixed-shape greedy decoder replayed as a graph; where an eager step's time goes,
-  # kernel by kernel (libtorch's profiler over 3 steps, condensed here); the shipped settings
-  # with expandable allocator segments.
+  # The CUDA graph tests (eager and graphed training steps give the same losses; the graphed
+  # greedy decoder gives the eager one's tokens); training and generation (500 × 40) as
+  # shipped; training padded as graphs need (64-token sources, 16-token labels: 20 shapes per
+  # epoch) but eager, for what the padding costs; CUDA graphs in 4× batches; where an eager
+  # step's time goes, kernel by kernel (libtorch's profiler over 3 steps, condensed here); last,
+  # the shipped settings with expandable allocator segments (the first training of a process
+  # ran slow on the H200: is it the allocator growing?). Graphed training and generation in
+  # the shipped batches, beside the lab's Python path, are `bench-graphs`.
   one=(--model "$model" --device $device --data "$data/dialogsum" --results "$data/lab-results/dialogue-summary-training-results.csv" --generate-one-at-a-time 0)
   pad=(--pad-to-multiple-of 64 --pad-labels-to-multiple-of 16)
   traces=$(mktemp -d)
   # Each part may fail (a capture libtorch refuses) without taking the others with it.
   try() { "$@" || echo "FAILED (exit $?): $*"; }
-  { if [ -x .carry/stages-tests ]; then try .carry/stages-tests cuda_graph --nocapture --test-threads 1; else echo "no .carry/stages-tests: the CUDA graph test is not run"; fi
-    try "$sumflow" bench "${one[@]}" --generate 0 --train-steps $gsteps
+  { if [ -x .carry/stages-tests ]; then try .carry/stages-tests cuda_graph --nocapture --test-threads 1; else echo "no .carry/stages-tests: the CUDA graph tests are not run"; fi
+    try "$sumflow" bench "${one[@]}" --train-steps $gsteps --generate $ngen
     try "$sumflow" bench "${one[@]}" --generate 0 --train-steps $gsteps "${pad[@]}"
-    try "$sumflow" bench "${one[@]}" --generate 0 --train-steps $gsteps2 "${pad[@]}" --cuda-graphs
     try "$sumflow" bench "${one[@]}" --generate 0 --train-steps $gsteps "${pad[@]}" "${big[@]}" --cuda-graphs
-    # Generation: 500 dialogues × 40 tokens, eager and with the fixed-shape decoder in graphs.
-    try "$sumflow" bench "${one[@]}" --train-steps 2 "${pad[@]}" --generate $ngen
-    try "$sumflow" bench "${one[@]}" --train-steps 2 "${pad[@]}" --generate $ngen --cuda-graphs
     SUMFLOW_TRACE=$traces try "$sumflow" bench "${one[@]}" --generate 0 --train-steps 6
     for t in "$traces"/*.json; do if [ -e "$t" ]; then try "$PYTHON" python/trace_summary.py "$t"; fi; done
-    # Last (cut first if time runs out): the first training of a process ran slow on the H200;
-    # is it the allocator growing? The shipped settings again, with expandable segments.
     PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True try "$sumflow" bench "${one[@]}" --generate 0 --train-steps $gsteps; } 2>&1 | tee "$out/graphs.txt"
   rm -rf "$traces"
+fi
+if [ "$what" = bench-graphs ] || [ "$what" = check ]; then
+  # `bench` with CUDA graphs (the padding they need; long enough for shapes to come back: the
+  # bench adds a replays-only figure) beside the lab's Python path.
+  BENCH_OUT=$out bash benchmarks/bench.sh "$model" --device $device --data "$data/dialogsum" \
+    --results "$data/lab-results/dialogue-summary-training-results.csv" --train-steps $gsteps2 "${bench[@]}" \
+    --pad-to-multiple-of 64 --pad-labels-to-multiple-of 16 --cuda-graphs | tee "$out/bench.txt"
 fi
 if [ "$what" = lab ] || [ "$what" = check ]; then
   "$sumflow" run pipelines/dialogsum-flan-t5.yaml --set model="$model" --set data="$data/dialogsum" \

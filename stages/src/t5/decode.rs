@@ -274,18 +274,19 @@ fn beam(
 mod tests {
     use super::*;
 
-    /// The fixed-shape greedy decoder gives the shrinking one's tokens, row by row — with rows
-    /// that finish at different steps (the model's EOS is set to a token it emits early), across
-    /// the every-16-steps check, and with nothing to generate.
-    #[test]
-    fn fixed_greedy_decoding_gives_the_same_tokens() {
-        let (mut vs, mut m) = crate::t5::model::tiny();
+    /// Four rows of a tiny model on `device`, and the model's EOS set to a token that rows
+    /// reach at different steps: the first token the model emits that makes them do so (the
+    /// weights are random, drawn from a generator other tests share).
+    fn staggered(device: Device) -> (tch::nn::VarStore, T5, Tensor, Tensor) {
+        let vs = tch::nn::VarStore::new(device);
+        let mut c = crate::t5::config::T5Config::preset("tiny").unwrap();
+        c.vocab_size = 100;
+        let mut m = T5::new(&vs.root(), c);
         let x =
             Tensor::from_slice(&[5i64, 6, 7, 8, 9, 1, 11, 12, 13, 1, 0, 0, 21, 1, 0, 0, 0, 0, 30, 31, 32, 33, 34, 1])
-                .view([4, 6]);
+                .view([4, 6])
+                .to_device(device);
         let mask = x.ne(0).to_kind(Kind::Int64);
-        // An EOS the rows reach at different steps: the first token the model emits that makes
-        // them do so (the weights are random, drawn from a generator other tests share).
         let emitted: Vec<i64> = generate(&m, &x, &mask, 24, &Strategy::Greedy).concat();
         let staggered = emitted.into_iter().find(|&eos| {
             m.config.eos_token_id = eos;
@@ -293,6 +294,15 @@ mod tests {
             lengths.iter().any(|&l| l < 24) && lengths.iter().any(|&l| l != lengths[0])
         });
         m.config.eos_token_id = staggered.expect("a token some rows emit before others");
+        (vs, m, x, mask)
+    }
+
+    /// The fixed-shape greedy decoder gives the shrinking one's tokens, row by row — with rows
+    /// that finish at different steps, across the every-16-steps check, and with nothing to
+    /// generate.
+    #[test]
+    fn fixed_greedy_decoding_gives_the_same_tokens() {
+        let (mut vs, m, x, mask) = staggered(Device::Cpu);
         for max_new in [0, 5, 16, 24] {
             let fixed = greedy_fixed(&m, &x, &mask, max_new, false).unwrap();
             let want = generate(&m, &x, &mask, max_new, &Strategy::Greedy);
@@ -302,5 +312,24 @@ mod tests {
         vs.set_kind(Kind::BFloat16);
         let want = generate(&m, &x, &mask, 24, &Strategy::Greedy);
         assert_eq!(greedy_fixed(&m, &x, &mask, 24, false).unwrap(), want, "bf16");
+    }
+
+    /// On CUDA, the fixed decoder's step captured once and replayed as a graph gives the eager
+    /// decoder's tokens, in fp32 and bf16 (skipped without a CUDA device).
+    #[test]
+    fn fixed_greedy_decoding_replayed_as_a_cuda_graph_gives_the_same_tokens() {
+        if !tch::Cuda::is_available() {
+            eprintln!("no CUDA device: the graphed decoder is not tested");
+            return;
+        }
+        let (mut vs, m, x, mask) = staggered(Device::Cuda(0));
+        for kind in [Kind::Float, Kind::BFloat16] {
+            vs.set_kind(kind);
+            for max_new in [5, 24] {
+                let want = generate(&m, &x, &mask, max_new, &Strategy::Greedy);
+                let graphed = greedy_fixed(&m, &x, &mask, max_new, true).unwrap();
+                assert_eq!(graphed, want, "{kind:?}, {max_new} new tokens");
+            }
+        }
     }
 }

@@ -63,25 +63,20 @@ fi
 if [ "$what" = graphs ] || [ "$what" = check ]; then
   # The CUDA graph tests (eager and graphed training steps give the same losses; the graphed
   # greedy decoder gives the eager one's tokens); training and generation (500 × 40) as
-  # shipped; training padded as graphs need (64-token sources, 16-token labels: 20 shapes per
-  # epoch) but eager, for what the padding costs; CUDA graphs in 4× batches; where an eager
-  # step's time goes, kernel by kernel (libtorch's profiler over 3 steps, condensed here); last,
-  # the shipped settings with expandable allocator segments (the first training of a process
-  # ran slow on the H200: is it the allocator growing?). Graphed training and generation in
-  # the shipped batches, beside the lab's Python path, are `bench-graphs`.
+  # shipped; training without cuDNN's attention kernels (they build a plan per new shape);
+  # training padded as graphs need (64-token sources, 16-token labels: 20 shapes per epoch) but
+  # eager; CUDA graphs in 4× batches. Graphed training and generation in the shipped batches,
+  # beside the lab's Python path, are `bench-graphs`. (Run 3's traces: `SUMFLOW_TRACE`, see
+  # benchmarks/README.md.)
   one=(--model "$model" --device $device --data "$data/dialogsum" --results "$data/lab-results/dialogue-summary-training-results.csv" --generate-one-at-a-time 0)
   pad=(--pad-to-multiple-of 64 --pad-labels-to-multiple-of 16)
-  traces=$(mktemp -d)
   # Each part may fail (a capture libtorch refuses) without taking the others with it.
   try() { "$@" || echo "FAILED (exit $?): $*"; }
   { if [ -x .carry/stages-tests ]; then try .carry/stages-tests cuda_graph --nocapture --test-threads 1; else echo "no .carry/stages-tests: the CUDA graph tests are not run"; fi
     try "$sumflow" bench "${one[@]}" --train-steps $gsteps --generate $ngen
+    SUMFLOW_CUDNN_ATTENTION=0 try "$sumflow" bench "${one[@]}" --generate 0 --train-steps $gsteps
     try "$sumflow" bench "${one[@]}" --generate 0 --train-steps $gsteps "${pad[@]}"
-    try "$sumflow" bench "${one[@]}" --generate 0 --train-steps $gsteps "${pad[@]}" "${big[@]}" --cuda-graphs
-    SUMFLOW_TRACE=$traces try "$sumflow" bench "${one[@]}" --generate 0 --train-steps 6
-    for t in "$traces"/*.json; do if [ -e "$t" ]; then try "$PYTHON" python/trace_summary.py "$t"; fi; done
-    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True try "$sumflow" bench "${one[@]}" --generate 0 --train-steps $gsteps; } 2>&1 | tee "$out/graphs.txt"
-  rm -rf "$traces"
+    try "$sumflow" bench "${one[@]}" --generate 0 --train-steps $gsteps "${pad[@]}" "${big[@]}" --cuda-graphs; } 2>&1 | tee "$out/graphs.txt"
 fi
 if [ "$what" = bench-graphs ] || [ "$what" = check ]; then
   # `bench` with CUDA graphs (the padding they need; long enough for shapes to come back: the

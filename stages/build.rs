@@ -1,6 +1,7 @@
 //! Build script, with the `torch` feature: libtorch link settings (see `libtorch_link.rs`) and
 //! the C++ shims: bf16 autocast (`csrc/autocast.cpp`, see `src/autocast.rs`), libtorch's
-//! profiler (`csrc/trace.cpp`, see `src/trace.rs`) and, where libtorch has CUDA and the CUDA
+//! profiler (`csrc/trace.cpp`, see `src/trace.rs`), the attention kernels libtorch may pick
+//! (`csrc/sdpa.cpp`, see `src/t5/device.rs`) and, where libtorch has CUDA and the CUDA
 //! runtime's headers are found, CUDA graphs (`csrc/cuda_graph.cpp`, see `src/cuda_graph.rs`;
 //! the `sumflow_cuda_graphs` cfg says it is there).
 include!("libtorch_link.rs");
@@ -9,6 +10,7 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc/autocast.cpp");
     println!("cargo:rerun-if-changed=csrc/trace.cpp");
     println!("cargo:rerun-if-changed=csrc/cuda_graph.cpp");
+    println!("cargo:rerun-if-changed=csrc/sdpa.cpp");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     println!("cargo:rustc-check-cfg=cfg(sumflow_cuda_graphs)");
     if let Some(libtorch) = link_libtorch() {
@@ -37,6 +39,7 @@ fn compile_shims(libtorch: &Libtorch) {
         .cpp(true)
         .file("csrc/autocast.cpp")
         .file("csrc/trace.cpp")
+        .file("csrc/sdpa.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

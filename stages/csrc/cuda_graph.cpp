@@ -9,6 +9,8 @@
 
 #include <cstring>
 #include <exception>
+#include <map>
+#include <mutex>
 #include <optional>
 
 namespace {
@@ -34,6 +36,21 @@ struct Graph {
     }
   }
 };
+
+// The one side stream all captures on `device` use. The caching allocator hands a freed block
+// only to allocations on the stream it was used on: graphs captured on different streams could
+// not reuse each other's memory even in a shared pool (each training shape kept ~12 GB of its
+// own on an H200). PyTorch's `torch.cuda.graph` uses one capture stream for the same reason.
+c10::cuda::CUDAStream capture_stream(c10::DeviceIndex device) {
+  static std::mutex lock;
+  static std::map<c10::DeviceIndex, c10::cuda::CUDAStream> streams;
+  std::lock_guard<std::mutex> guard(lock);
+  auto it = streams.find(device);
+  if (it == streams.end()) {
+    it = streams.emplace(device, c10::cuda::getStreamFromPool(false, device)).first;
+  }
+  return it->second;
+}
 
 void message(const std::exception &e, char *err, size_t len) {
   if (err != nullptr && len > 0) {
@@ -65,7 +82,7 @@ int sumflow_graph_pool(unsigned long long *a, unsigned long long *b, char *err, 
 void *sumflow_graph_begin(int device, unsigned long long a, unsigned long long b, char *err, size_t len) {
   Graph *g = nullptr;
   try {
-    g = new Graph(c10::cuda::getStreamFromPool(false, static_cast<c10::DeviceIndex>(device)));
+    g = new Graph(capture_stream(static_cast<c10::DeviceIndex>(device)));
     g->enter();
     g->graph.capture_begin({a, b});
     return g;

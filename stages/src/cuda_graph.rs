@@ -95,7 +95,9 @@ impl CudaGraphs {
         }
         // The graph's inputs live outside its pool, for as long as the graph.
         let statics: Vec<Tensor> = inputs.iter().map(|t| t.copy()).collect();
-        let (graph, loss) = Graph::capture(self.device, Some(self.pool), || step(&statics))?;
+        // The loss kept is detached: holding the step's autograd graph would keep its nodes
+        // (and the streams they were made on) alive into the next capture.
+        let (graph, loss) = Graph::capture(self.device, Some(self.pool), || step(&statics).detach())?;
         self.steps.insert(key, Captured { graph, inputs: statics, loss: loss.shallow_clone() });
         Ok(loss)
     }

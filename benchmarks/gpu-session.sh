@@ -6,7 +6,7 @@
 #   bash benchmarks/gpu-session.sh DATA OUT levers  # where a training step goes; batch-size levers
 #   bash benchmarks/gpu-session.sh DATA OUT graphs  # CUDA graphs: their tests, eager figures, a trace
 #   bash benchmarks/gpu-session.sh DATA OUT bench-graphs  # `bench` with CUDA graphs, beside Python
-#   bash benchmarks/gpu-session.sh DATA OUT lab-graphs  # the lab pipeline with CUDA graphs
+#   bash benchmarks/gpu-session.sh DATA OUT lab-eager  # the lab pipeline without CUDA graphs
 #   bash benchmarks/gpu-session.sh DATA OUT check   # all of them, tiny and short, on the CPU (a dry run)
 #
 # DATA holds `dialogsum/` and `lab-results/` (a copy of ../shared/data: the device machine gets
@@ -62,28 +62,28 @@ if [ "$what" = levers ] || [ "$what" = check ]; then
 fi
 if [ "$what" = graphs ] || [ "$what" = check ]; then
   # The CUDA graph tests (eager and graphed training steps give the same losses; the graphed
-  # greedy decoder gives the eager one's tokens); training and generation (500 × 40) as
-  # shipped; training without cuDNN's attention kernels (they build a plan per new shape);
-  # training padded as graphs need (64-token sources, 16-token labels: 20 shapes per epoch) but
-  # eager; CUDA graphs in 4× batches. Graphed training and generation in the shipped batches,
-  # beside the lab's Python path, are `bench-graphs`. (Run 3's traces: `SUMFLOW_TRACE`, see
-  # benchmarks/README.md.)
+  # greedy decoder gives the eager one's tokens); eager training and generation (500 × 40) as
+  # shipped (cuDNN's attention kernels off); the same with them on (they build a plan per new
+  # shape); training padded as graphs pad (64-token sources, 16-token labels: 20 shapes per
+  # epoch) but eager; CUDA graphs in 4× batches. Graphed training and generation in the
+  # shipped batches, beside the lab's Python path, are `bench-graphs`. (Run 3's traces:
+  # `SUMFLOW_TRACE`, see benchmarks/README.md.)
   one=(--model "$model" --device $device --data "$data/dialogsum" --results "$data/lab-results/dialogue-summary-training-results.csv" --generate-one-at-a-time 0)
   pad=(--pad-to-multiple-of 64 --pad-labels-to-multiple-of 16)
   # Each part may fail (a capture libtorch refuses) without taking the others with it.
   try() { "$@" || echo "FAILED (exit $?): $*"; }
   { if [ -x .carry/stages-tests ]; then try .carry/stages-tests cuda_graph --nocapture --test-threads 1; else echo "no .carry/stages-tests: the CUDA graph tests are not run"; fi
     try "$sumflow" bench "${one[@]}" --train-steps $gsteps --generate $ngen
-    SUMFLOW_CUDNN_ATTENTION=0 try "$sumflow" bench "${one[@]}" --generate 0 --train-steps $gsteps
+    SUMFLOW_CUDNN_ATTENTION=1 try "$sumflow" bench "${one[@]}" --generate 0 --train-steps $gsteps
     try "$sumflow" bench "${one[@]}" --generate 0 --train-steps $gsteps "${pad[@]}"
-    try "$sumflow" bench "${one[@]}" --generate 0 --train-steps $gsteps "${pad[@]}" "${big[@]}" --cuda-graphs; } 2>&1 | tee "$out/graphs.txt"
+    try "$sumflow" bench "${one[@]}" --generate 0 --train-steps $gsteps "${big[@]}" --cuda-graphs; } 2>&1 | tee "$out/graphs.txt"
 fi
 if [ "$what" = bench-graphs ] || [ "$what" = check ]; then
-  # `bench` with CUDA graphs (the padding they need; long enough for shapes to come back: the
-  # bench adds a replays-only figure) beside the lab's Python path.
+  # `bench` with CUDA graphs (long enough for shapes to come back: the bench adds a
+  # replays-only figure) beside the lab's Python path.
   BENCH_OUT=$out bash benchmarks/bench.sh "$model" --device $device --data "$data/dialogsum" \
     --results "$data/lab-results/dialogue-summary-training-results.csv" --train-steps $gsteps2 "${bench[@]}" \
-    --pad-to-multiple-of 64 --pad-labels-to-multiple-of 16 --cuda-graphs | tee "$out/bench.txt"
+    --cuda-graphs | tee "$out/bench.txt"
 fi
 if [ "$what" = lab ] || [ "$what" = check ]; then
   "$sumflow" run pipelines/dialogsum-flan-t5.yaml --set model="$model" --set data="$data/dialogsum" \
@@ -93,11 +93,11 @@ if [ "$what" = lab ] || [ "$what" = check ]; then
   report=$(grep '^report: ' "$out/lab-stdout.txt" | tail -1 | cut -d' ' -f2)
   cp "$(dirname "$report")/report.md" "$out/lab-report.md"
 fi
-if [ "$what" = lab-graphs ] || [ "$what" = check ]; then
-  # After `lab` (its cache): the data stages are reused; the model stages run again.
+if [ "$what" = lab-eager ] || [ "$what" = check ]; then
+  # After `lab` (its cache): the data stages are reused; the model stages run again, eagerly.
   "$sumflow" run pipelines/dialogsum-flan-t5.yaml --set model="$model" --set data="$data/dialogsum" \
-    --set device=$device "${lab[@]}" --set pad_to_multiple_of=64 --set pad_labels_to_multiple_of=16 --set cuda_graphs=true \
-    2> >(tee "$out/lab-graphs-stderr.txt" >&2) | tee "$out/lab-graphs-stdout.txt"
-  report=$(grep '^report: ' "$out/lab-graphs-stdout.txt" | tail -1 | cut -d' ' -f2)
-  cp "$(dirname "$report")/report.md" "$out/lab-graphs-report.md"
+    --set device=$device "${lab[@]}" --set cuda_graphs=false \
+    2> >(tee "$out/lab-eager-stderr.txt" >&2) | tee "$out/lab-eager-stdout.txt"
+  report=$(grep '^report: ' "$out/lab-eager-stdout.txt" | tail -1 | cut -d' ' -f2)
+  cp "$(dirname "$report")/report.md" "$out/lab-eager-report.md"
 fi

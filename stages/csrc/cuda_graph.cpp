@@ -5,6 +5,7 @@
 // libtorch's message in `err`, never as a C++ exception. Compiled only where the CUDA runtime's
 // headers are found (the build script says so with the `sumflow_cuda_graphs` cfg).
 #include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAStream.h>
 
 #include <cstring>
@@ -114,6 +115,19 @@ int sumflow_graph_end(void *handle, char *err, size_t len) {
 int sumflow_graph_replay(void *handle, char *err, size_t len) {
   try {
     static_cast<Graph *>(handle)->graph.replay();
+    return 0;
+  } catch (const std::exception &e) {
+    message(e, err, len);
+    return -1;
+  }
+}
+
+// Hands the CUDA memory libtorch holds but does not use back to the driver: the eager steps
+// before the first capture and a finished run's graphs leave tens of GB cached that a graph's
+// pool (or the next stage) could not otherwise take.
+int sumflow_empty_cache(char *err, size_t len) {
+  try {
+    c10::cuda::CUDACachingAllocator::emptyCache();
     return 0;
   } catch (const std::exception &e) {
     message(e, err, len);

@@ -93,6 +93,11 @@ impl CudaGraphs {
             c.graph.replay()?;
             return Ok(c.loss.shallow_clone());
         }
+        if self.steps.is_empty() {
+            // What the eager steps before left cached goes back, for the graphs' pool to take.
+            crate::t5::device::synchronize(self.device);
+            ffi::empty_cache()?;
+        }
         // The graph's inputs live outside its pool, for as long as the graph.
         let statics: Vec<Tensor> = inputs.iter().map(|t| t.copy()).collect();
         // The loss kept is detached: holding the step's autograd graph would keep its nodes
@@ -100,6 +105,15 @@ impl CudaGraphs {
         let (graph, loss) = Graph::capture(self.device, Some(self.pool), || step(&statics).detach())?;
         self.steps.insert(key, Captured { graph, inputs: statics, loss: loss.shallow_clone() });
         Ok(loss)
+    }
+}
+
+impl Drop for CudaGraphs {
+    /// Frees the graphs, then their pool's memory: the next stage starts with it.
+    fn drop(&mut self) {
+        self.steps.clear();
+        crate::t5::device::synchronize(self.device);
+        let _ = ffi::empty_cache();
     }
 }
 
@@ -123,6 +137,7 @@ mod ffi {
         fn sumflow_graph_end(graph: *mut c_void, err: *mut c_char, len: usize) -> c_int;
         fn sumflow_graph_replay(graph: *mut c_void, err: *mut c_char, len: usize) -> c_int;
         fn sumflow_graph_free(graph: *mut c_void);
+        fn sumflow_empty_cache(err: *mut c_char, len: usize) -> c_int;
     }
 
     /// Runs a shim call with an error buffer; its message on failure.
@@ -143,6 +158,12 @@ mod ffi {
         // SAFETY: two out-pointers to live locals and a buffer of the length passed.
         call(|err, len| ((), unsafe { sumflow_graph_pool(&mut a, &mut b, err, len) } == 0))?;
         Ok((a, b))
+    }
+
+    /// Returns the memory libtorch caches but does not use to the driver.
+    pub fn empty_cache() -> Result<(), String> {
+        // SAFETY: a buffer of the length passed.
+        call(|err, len| ((), unsafe { sumflow_empty_cache(err, len) } == 0))
     }
 
     /// A captured (or capturing) graph, freed on drop.
@@ -183,6 +204,10 @@ mod ffi {
                            (cuda_runtime_api.h) were not found when it was built (set CUDA_HOME)";
 
     pub fn pool() -> Result<(u64, u64), String> {
+        Err(MISSING.to_string())
+    }
+
+    pub fn empty_cache() -> Result<(), String> {
         Err(MISSING.to_string())
     }
 

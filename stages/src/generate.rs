@@ -206,6 +206,8 @@ pub fn summarize(
     let mut outputs: Vec<Vec<i64>> = vec![Vec::new(); distinct.len()];
     let mut budget = o.batch_tokens.unwrap_or_else(|| default_batch_tokens(device)).max(1);
     let mut start = 0;
+    // CUDA graphs until a capture fails, if ever (then eagerly).
+    let mut graphs = o.cuda_graphs;
     while start < order.len() {
         let longest = encoded[order[start]].len();
         let rows = if o.one_at_a_time { 1 } else { (budget / longest.max(1)).clamp(1, order.len() - start) };
@@ -221,7 +223,7 @@ pub fn summarize(
         let shape = [rows as i64, longest as i64];
         let x = Tensor::from_slice(&ids).view(shape).to_device(device);
         let mask = Tensor::from_slice(&mask).view(shape).to_device(device);
-        let fixed = o.cuda_graphs && device.is_cuda() && o.decoding == Strategy::Greedy;
+        let fixed = graphs && device.is_cuda() && o.decoding == Strategy::Greedy;
         let run = || {
             if fixed {
                 greedy_fixed(&m.model, &x, &mask, o.max_new_tokens, true)
@@ -231,7 +233,9 @@ pub fn summarize(
         };
         match catch_unwind(AssertUnwindSafe(run)) {
             Ok(Err(e)) => {
-                return Err(StageError::data("cuda_graphs", format!("{e}; without it decoding runs eagerly")));
+                // Nothing was decoded: the batch runs again, eagerly, and so do the rest.
+                progress.message(&format!("`cuda_graphs`: {e}; decoding goes on without CUDA graphs"));
+                graphs = false;
             }
             Ok(Ok(out)) => {
                 for (&i, seq) in batch.iter().zip(out) {

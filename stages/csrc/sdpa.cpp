@@ -5,12 +5,11 @@
 
 extern "C" {
 
-// Allows (1) or forbids (0) cuDNN's attention kernels; returns the previous setting (0 or 1).
+// Allows (1) or forbids (0) cuDNN's attention kernels; 0 on success.
 int sumflow_sdpa_cudnn(int enabled) {
   try {
-    bool previous = at::globalContext().userEnabledCuDNNSDP();
     at::globalContext().setSDPUseCuDNN(enabled != 0);
-    return previous ? 1 : 0;
+    return 0;
   } catch (...) {
     return -1;
   }

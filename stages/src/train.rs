@@ -464,8 +464,7 @@ pub fn train(
         let tokens: usize = rows.iter().map(|&r| train.input_ids[r].len() + train.labels[r].len()).sum();
         let (x, mask, y) = collate(train, rows, padding, device);
         mark("batch");
-        // Dropout draws from a generator seeded per step, so a resumed run repeats it exactly.
-        tch::manual_seed((p.seed as i64).wrapping_mul(7919).wrapping_add(progress.step as i64));
+        seed_step(p, progress.step);
         // The schedule counts optimizer steps; a batch whose loss is not finite is not one.
         let step_lr = linear_schedule(progress.step, p.warmup_steps, total, lr);
         opt.prepare(step_lr);
@@ -488,7 +487,7 @@ pub fn train(
                         progress.step + 1
                     ));
                     graphs = None;
-                    tch::manual_seed((p.seed as i64).wrapping_mul(7919).wrapping_add(progress.step as i64));
+                    seed_step(p, progress.step);
                 }
                 issue_step(&b.model, &mut opt, p, device, [&x, &mask, &y], &mut mark)
             }
@@ -564,6 +563,12 @@ fn issue_step(
     opt.zero_grad();
     mark("clip, update");
     loss
+}
+
+/// Seeds the generator dropout draws from for step `step` (from 0), so that a resumed run, or a
+/// step taken again, repeats its draws exactly.
+fn seed_step(p: &TrainParams, step: u64) {
+    tch::manual_seed((p.seed as i64).wrapping_mul(7919).wrapping_add(step as i64));
 }
 
 /// Writes the training record into `dir/training/`: parameter report, loss curve, throughput,

@@ -65,7 +65,7 @@ fn cuda_settings() {
         #[allow(unsafe_code)]
         // SAFETY: a plain integer in and out; the shim catches every C++ exception.
         let rc = unsafe { sumflow_sdpa_cudnn(i32::from(allow)) };
-        debug_assert!(rc >= 0, "libtorch refused the cuDNN attention setting");
+        debug_assert_eq!(rc, 0, "libtorch refused the cuDNN attention setting");
     });
 }
 

@@ -289,7 +289,7 @@ mod imp {
             return Err(Error::Usage("--train-steps: at least 2 (the first warms up and is not timed)".into()));
         }
         let c = Choices { device: device(&o.device)?, dtype: dtype(&o.dtype)? };
-        let runtime = sumflow_stages::runtime::describe();
+        let mut runtime = sumflow_stages::runtime::describe();
         let peak = runtime.get("gpus").and_then(|g| peak_tflops(g)).filter(|_| o.device != "cpu");
         let work = tempdir()?;
         let model = sumflow_stages::tokenizer::load(&o.model.join("tokenizer.json"))?;
@@ -308,6 +308,11 @@ mod imp {
             test.column("dialogue", "test")?.iter().map(|d| render(LAB_TEMPLATE, d)).collect();
         prompts.dedup();
         let m = open(&o.model, None, c.device, c.dtype, false)?;
+        // Which attention kernels libtorch picks here (on CUDA, `math` computes in fp32).
+        for (key, training) in [("attention_training", true), ("attention_decoding", false)] {
+            let kernels = m.model.attention_kernels(m.vs.kind(), training);
+            runtime.insert(key.into(), kernels.iter().map(|(a, k)| format!("{a} {k}")).collect::<Vec<_>>().join(" / "));
+        }
         for (label, n, one) in [
             ("generate, batched", o.generate, false),
             ("generate, one at a time (lab loop)", o.generate_one_at_a_time, true),

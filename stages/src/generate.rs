@@ -16,7 +16,7 @@ use crate::model_ref;
 use crate::stage::{
     ArtifactKind, FileInput, InputRef, InputSlot, OutputDecl, ParamError, Progress, Resource, Stage, StageContext,
 };
-use crate::t5::decode::{generate, greedy_fixed, Strategy};
+use crate::t5::decode::{generate, greedy_fixed, Strategy, KEY_MULTIPLE};
 use crate::t5::device::{self, DeviceChoice, DtypeChoice};
 use crate::t5::loader::{self, Loaded};
 use crate::table::Table;
@@ -212,15 +212,18 @@ pub fn summarize(
         let longest = encoded[order[start]].len();
         let rows = if o.one_at_a_time { 1 } else { (budget / longest.max(1)).clamp(1, order.len() - start) };
         let batch = &order[start..start + rows];
-        let mut ids = vec![0i64; rows * longest];
-        let mut mask = vec![0i64; rows * longest];
+        // On CUDA, sources in a multiple of 16 tokens (masked padding), which the attention
+        // kernel takes without padding its masks at every layer and step.
+        let width = if device.is_cuda() { longest.next_multiple_of(KEY_MULTIPLE) } else { longest };
+        let mut ids = vec![0i64; rows * width];
+        let mut mask = vec![0i64; rows * width];
         for (r, &i) in batch.iter().enumerate() {
             for (c, &t) in encoded[i].iter().enumerate() {
-                ids[r * longest + c] = t as i64;
-                mask[r * longest + c] = 1;
+                ids[r * width + c] = t as i64;
+                mask[r * width + c] = 1;
             }
         }
-        let shape = [rows as i64, longest as i64];
+        let shape = [rows as i64, width as i64];
         let x = Tensor::from_slice(&ids).view(shape).to_device(device);
         let mask = Tensor::from_slice(&mask).view(shape).to_device(device);
         let fixed = graphs && device.is_cuda() && o.decoding == Strategy::Greedy;

@@ -107,6 +107,19 @@ impl AttentionBackend {
     }
 }
 
+/// The kernel libtorch's `scaled_dot_product_attention` picks for these inputs (its
+/// `_fused_sdp_choice`), as T5 calls it: unscaled, not causal, the bias as a float mask.
+pub fn attention_kernel(q: &Tensor, kv: &Tensor, mask: &Tensor, dropout: f64) -> &'static str {
+    // ATen's `SDPBackend` numbering.
+    match Tensor::internal_fused_sdp_choice(q, kv, kv, Some(mask), dropout, false, Some(1.0), false) {
+        0 => "math",
+        1 => "flash",
+        2 => "efficient",
+        3 => "cudnn",
+        _ => "other",
+    }
+}
+
 /// Which cache slot an attention layer uses.
 pub enum CacheSlot<'a> {
     /// No cache (encoder, training).
@@ -255,12 +268,17 @@ impl Attention {
         self.relative_bias.as_ref().expect("only the first layer computes the bias").ws.device()
     }
 
-    /// The bias for query positions `context` `(q, 1)` against keys `0..k_len`.
+    /// The bias for query positions `context` `(q, 1)` against keys `0..k_len`, contiguous:
+    /// the embedding gives `(q, k, heads)`, and a permuted view of it would leave the key
+    /// dimension strided by `heads` — in the bias and in every sum made from it. CUDA's fused
+    /// attention kernels (memory-efficient, cuDNN) refuse a mask whose last dimension is not
+    /// contiguous, and libtorch then falls back to its math path, which on CUDA computes bf16
+    /// attention in fp32 (casts of queries, keys and values, fp32 products).
     fn bias_from(&self, context: &Tensor, k_len: i64) -> Tensor {
         let emb = self.relative_bias.as_ref().expect("only the first layer computes the bias");
         let memory = Tensor::arange(k_len, (Kind::Int64, self.bias_device())).unsqueeze(0);
         let buckets = self.bucket(&(memory - context));
-        buckets.apply(emb).permute([2, 0, 1]).unsqueeze(0)
+        buckets.apply(emb).permute([2, 0, 1]).contiguous().unsqueeze(0)
     }
 
     fn heads(&self, x: &Tensor) -> Tensor {

@@ -140,6 +140,9 @@ fn step_by_step(
     out
 }
 
+/// The key lengths CUDA's memory-efficient attention takes without padding its mask first.
+pub const KEY_MULTIPLE: usize = 16;
+
 /// How often [`greedy_fixed`] reads whether every row has finished (each read waits for the
 /// device).
 const FINISHED_EVERY: i64 = 16;
@@ -166,7 +169,10 @@ pub fn greedy_fixed(
         let enc = encode(model, input_ids, mask);
         let shape = (b, c.num_heads, c.d_kv);
         let len = max_new_tokens;
-        let mut cache = KvCache::fixed(model.decoder.blocks.len(), shape, len, enc.kind(), device);
+        // Keys in a multiple of 16: CUDA's memory-efficient attention otherwise pads the mask
+        // (a copy per layer and step); the extra positions stay masked.
+        let keys = (len as usize).next_multiple_of(KEY_MULTIPLE) as i64;
+        let mut cache = KvCache::fixed(model.decoder.blocks.len(), shape, keys, enc.kind(), device);
         let position = cache.position().expect("a fixed cache").shallow_clone();
         let next = Tensor::full([b, 1], c.decoder_start_token_id, (Kind::Int64, device));
         let finished = Tensor::zeros([b], (Kind::Bool, device));

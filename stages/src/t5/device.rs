@@ -54,7 +54,9 @@ pub fn device(choice: DeviceChoice) -> Result<Device, StageError> {
 /// each new batch shape (≈ 6 ms of host time per call in a trace of flan-t5-base training on an
 /// H200), and T5's batches come in many shapes; without it libtorch takes its memory-efficient
 /// kernel, which accepts T5's bias too. Measured on an H200 in a fresh process (run 4): full
-/// fine-tuning 134 → 479 dialogues/s.
+/// fine-tuning 134 → 479 dialogues/s. (In that run only cross-attention could use either fused
+/// kernel: the self-attention biases were not contiguous and fell back to the math path; see
+/// `Attention::bias_from`.)
 fn cuda_settings() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {

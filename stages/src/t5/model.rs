@@ -5,7 +5,7 @@
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Reduction, Tensor};
 
-use super::attention::{AttentionBackend, KvCache};
+use super::attention::{attention_kernel, AttentionBackend, KvCache};
 use super::block::{Block, BlockInputs};
 use super::config::T5Config;
 use super::layer_norm::LayerNorm;
@@ -99,10 +99,72 @@ impl T5 {
         (-keep + 1.0).unsqueeze(1).unsqueeze(1) * mask_value(kind)
     }
 
+    /// The encoder's self-attention bias `(batch, heads, src, src)`: relative positions plus the
+    /// padding mask.
+    fn encoder_bias(&self, attention_mask: &Tensor) -> Tensor {
+        let s = attention_mask.size()[1];
+        self.encoder.blocks[0].self_attn.compute_bias(s, s, 0) + self.extended_mask(attention_mask)
+    }
+
+    /// The decoder's self-attention bias for `t` new positions after those `cache` holds:
+    /// relative positions plus the causal mask, `(1, heads, t, keys)`.
+    fn decoder_bias(&self, t: i64, cache: Option<&KvCache>) -> Tensor {
+        let (device, kind) = self.device_kind();
+        let first = &self.decoder.blocks[0].self_attn;
+        match cache.and_then(|c| c.position().map(|p| (p.shallow_clone(), c.len()))) {
+            // A fixed cache: one query at the position it holds; later positions are masked.
+            Some((position, k)) => {
+                assert_eq!(t, 1, "a fixed cache decodes one token at a time");
+                let later = Tensor::arange(k, (Kind::Int64, device)).gt_tensor(&position);
+                first.compute_bias_at(&position, k) + (later.to_kind(kind) * mask_value(kind)).view([1, 1, 1, k])
+            }
+            None => {
+                let offset = cache.map_or(0, |c| c.len());
+                let k = offset + t;
+                let causal = Tensor::ones([t, k], (kind, device)).triu(offset + 1) * mask_value(kind);
+                first.compute_bias(t, k, offset) + causal.unsqueeze(0).unsqueeze(0)
+            }
+        }
+    }
+
+    /// Which kernel libtorch's `scaled_dot_product_attention` picks for each kind of attention
+    /// in this model, on its device, with inputs in the compute precision `kind` and laid out
+    /// as [`Attention::forward`](super::attention::Attention) lays them out. `training`: with
+    /// the config's dropout and a bias that takes gradients (full fine-tuning); otherwise
+    /// decoding, one query against a fixed cache. On CUDA `math` means the fallback that
+    /// computes in fp32; the fused kernels are `efficient` and `cudnn`.
+    pub fn attention_kernels(&self, kind: Kind, training: bool) -> Vec<(&'static str, &'static str)> {
+        let (device, _) = self.device_kind();
+        let c = &self.config;
+        let (b, s, t) = (2, 64, if training { 16 } else { 1 });
+        let heads = |len: i64| {
+            Tensor::randn([b, len, c.num_heads * c.d_kv], (kind, device))
+                .view([b, len, c.num_heads, c.d_kv])
+                .transpose(1, 2)
+        };
+        let p = if training { c.dropout_rate } else { 0.0 };
+        // As the forward pass hands it over: cast to the products' precision, gradients flowing
+        // into the relative-position embedding when training.
+        let mask = |bias: Tensor| (if training { bias.detach().set_requires_grad(true) } else { bias }).to_kind(kind);
+        let padding = Tensor::ones([b, s], (Kind::Int64, device));
+        let cache = KvCache::fixed(c.decoder_layers() as usize, (b, c.num_heads, c.d_kv), s, kind, device);
+        let (self_q, self_kv) = if training { (heads(t), heads(t)) } else { (heads(1), heads(s).contiguous()) };
+        let decoder_bias = if training { self.decoder_bias(t, None) } else { self.decoder_bias(1, Some(&cache)) };
+        let cross_kv = heads(s).contiguous();
+        let mut kernels = vec![
+            ("decoder self", attention_kernel(&self_q, &self_kv, &mask(decoder_bias), p)),
+            ("cross", attention_kernel(&heads(t), &cross_kv, &mask(self.extended_mask(&padding)), p)),
+        ];
+        if training {
+            let x = heads(s);
+            kernels.insert(0, ("encoder self", attention_kernel(&x, &x, &mask(self.encoder_bias(&padding)), p)));
+        }
+        kernels
+    }
+
     /// Encoder output `(batch, src, d_model)` for token ids and their 1/0 mask.
     pub fn encode(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Tensor {
-        let s = input_ids.size()[1];
-        let bias = self.encoder.blocks[0].self_attn.compute_bias(s, s, 0) + self.extended_mask(attention_mask);
+        let bias = self.encoder_bias(attention_mask);
         let inputs = BlockInputs { self_bias: &bias, encoder: None, attention: self.attention, train };
         self.encoder.forward(&input_ids.apply(&self.shared), &inputs, None)
     }
@@ -140,23 +202,7 @@ impl T5 {
         cache: Option<&mut KvCache>,
         train: bool,
     ) -> Tensor {
-        let (device, kind) = self.device_kind();
-        let t = decoder_ids.size()[1];
-        let first = &self.decoder.blocks[0].self_attn;
-        let bias = match cache.as_ref().and_then(|c| c.position().map(|p| (p.shallow_clone(), c.len()))) {
-            // A fixed cache: one query at the position it holds; later positions are masked.
-            Some((position, k)) => {
-                assert_eq!(t, 1, "a fixed cache decodes one token at a time");
-                let later = Tensor::arange(k, (Kind::Int64, device)).gt_tensor(&position);
-                first.compute_bias_at(&position, k) + (later.to_kind(kind) * mask_value(kind)).view([1, 1, 1, k])
-            }
-            None => {
-                let offset = cache.as_ref().map_or(0, |c| c.len());
-                let k = offset + t;
-                let causal = Tensor::ones([t, k], (kind, device)).triu(offset + 1) * mask_value(kind);
-                first.compute_bias(t, k, offset) + causal.unsqueeze(0).unsqueeze(0)
-            }
-        };
+        let bias = self.decoder_bias(decoder_ids.size()[1], cache.as_deref());
         let enc_mask = self.extended_mask(attention_mask);
         let inputs =
             BlockInputs { self_bias: &bias, encoder: Some((encoder_out, &enc_mask)), attention: self.attention, train };
@@ -277,6 +323,40 @@ mod tests {
             m.attention = AttentionBackend::Auto;
             assert_eq!(generate(&m, &x, &mask, 12, &Strategy::Greedy), plain_greedy);
         });
+    }
+
+    /// Every attention bias reaches the kernels with contiguous keys, so CUDA runs its fused
+    /// attention kernels on them. Before, the relative-position bias was a permuted view, and on
+    /// CUDA every self-attention fell back to the math path in fp32 (72 fp32 matrix products
+    /// and their casts per training step of flan-t5-base, in an H200 trace). The CPU accepts any
+    /// layout, so there the test checks the layout; with CUDA, also the kernels libtorch picks.
+    #[test]
+    fn attention_biases_are_contiguous_so_cuda_runs_fused_kernels() {
+        let (_vs, m) = tiny();
+        let (_, mask, _) = batch();
+        let last_stride = |t: &Tensor| *t.stride().last().unwrap();
+        tch::no_grad(|| {
+            assert_eq!(last_stride(&m.encoder_bias(&mask)), 1, "encoder");
+            assert_eq!(last_stride(&m.decoder_bias(5, None)), 1, "decoder");
+            let mut cache = KvCache::new(m.decoder.blocks.len());
+            let enc = m.encode(&Tensor::ones([2, 6], (Kind::Int64, Device::Cpu)), &mask, false);
+            let _ = m.decode(&Tensor::zeros([2, 3], (Kind::Int64, Device::Cpu)), &enc, &mask, Some(&mut cache), false);
+            assert_eq!(last_stride(&m.decoder_bias(1, Some(&cache))), 1, "decoder, growing cache");
+            let fixed = KvCache::fixed(2, (2, 4, 16), 8, Kind::Float, Device::Cpu);
+            assert_eq!(last_stride(&m.decoder_bias(1, Some(&fixed))), 1, "decoder, fixed cache");
+        });
+        if !tch::Cuda::is_available() {
+            eprintln!("no CUDA device: the attention kernels' choice is not checked");
+            return;
+        }
+        let vs = nn::VarStore::new(Device::Cuda(0));
+        let mut c = T5Config::preset("tiny").unwrap();
+        c.vocab_size = 100;
+        let m = T5::new(&vs.root(), c);
+        for training in [true, false] {
+            let kernels = m.attention_kernels(Kind::BFloat16, training);
+            assert!(kernels.iter().all(|(_, k)| *k != "math"), "training {training}: {kernels:?}");
+        }
     }
 
     #[test]

@@ -184,6 +184,7 @@ mod imp {
     use sumflow_stages::generate::{open, summarize, GenerateOptions};
     use sumflow_stages::load::read_table;
     use sumflow_stages::score::{evaluate, ScoreParams};
+    use sumflow_stages::shapes::ShapePlan;
     use sumflow_stages::t5::decode::Strategy;
     use sumflow_stages::t5::device::{DeviceChoice, DtypeChoice};
     use sumflow_stages::tokenize::{render, tokenize, TokenTable, TokenizeParams, LAB_TEMPLATE};
@@ -302,11 +303,11 @@ mod imp {
         if p.cuda_graphs && b.trainable().device().is_cuda() {
             // Also the steady state: the steps that replayed a graph captured by an earlier step
             // of the same batch shape (padded as the training loop pads it).
-            let padding = Padding::for_training(&p, true);
+            let plan = ShapePlan::new(Padding::for_training(&p, true), tokens, &epoch, true);
             let real = |rows: &[usize]| rows.iter().map(|&r| tokens.input_ids[r].len() + tokens.labels[r].len()).sum();
             let mut seen = std::collections::HashSet::new();
             let replays: Vec<(&Vec<usize>, f64)> =
-                timed.iter().filter(|(rows, _)| !seen.insert(padding.shape(tokens, rows))).copied().collect();
+                timed.iter().filter(|(rows, _)| !seen.insert(plan.shape(tokens, rows))).copied().collect();
             if !replays.is_empty() {
                 figures.push(figure(
                     format!("CUDA graph replays only: {} of {} steps", replays.len(), timed.len()),
@@ -318,11 +319,11 @@ mod imp {
                 .iter()
                 .map(|(rows, tokens_per_s)| {
                     let n: usize = real(rows);
-                    Step { shape: padding.shape(tokens, rows), tokens: n, seconds: n as f64 / tokens_per_s }
+                    Step { shape: plan.shape(tokens, rows), tokens: n, seconds: n as f64 / tokens_per_s }
                 })
                 .collect();
             let whole: Vec<([usize; 3], usize)> =
-                epoch.iter().map(|rows| (padding.shape(tokens, rows), real(rows))).collect();
+                epoch.iter().map(|rows| (plan.shape(tokens, rows), real(rows))).collect();
             if let Some((seconds, captures)) = graphs_epoch(&measured, &whole) {
                 let tflops = flops_per_token * all as f64 / seconds / 1e12;
                 figures.push(Figures {

@@ -26,6 +26,7 @@ pub mod report;
 pub mod rouge;
 pub mod runtime;
 pub mod score;
+pub mod shapes;
 pub mod stage;
 #[cfg(feature = "torch")]
 pub mod step_profile;

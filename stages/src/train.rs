@@ -22,6 +22,8 @@ use crate::error::StageError;
 use crate::lora::{self, LoraSettings};
 use crate::model_ref;
 use crate::optim::{linear_schedule, AdamW};
+pub use crate::shapes::Padding;
+use crate::shapes::{Shape, ShapePlan};
 use crate::stage::{
     ArtifactKind, FileInput, InputRef, InputSlot, OutputDecl, ParamError, Resource, Stage, StageContext,
 };
@@ -247,22 +249,7 @@ pub fn batches(tokens: &TokenTable, budget: usize, max_rows: usize, seed: u64, e
     out
 }
 
-/// How a batch is padded: each width to its longest row rounded up to a multiple (1: no
-/// rounding), and the rows to a multiple.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Padding {
-    /// Sources' width multiple.
-    pub sources: usize,
-    /// Labels' width multiple.
-    pub labels: usize,
-    /// Rows multiple.
-    pub rows: usize,
-}
-
 impl Padding {
-    /// To the longest row only.
-    pub const NONE: Padding = Padding { sources: 1, labels: 1, rows: 1 };
-
     /// How training pads batches for `p`; with `graphs` (steps replayed as CUDA graphs) rows go
     /// to multiples of 8 too, for fewer shapes.
     pub fn for_training(p: &TrainParams, graphs: bool) -> Padding {
@@ -270,31 +257,20 @@ impl Padding {
         let labels = p.pad_labels_to_multiple_of.unwrap_or(sources);
         if graphs {
             // At least 64-token sources, 16-token labels and 8 rows: 20 shapes in a DialogSum
-            // epoch instead of 199, for 1.36 tokens computed per real one (1.12 unpadded).
+            // epoch instead of 199, for 1.36 tokens computed per real one (1.12 unpadded); then
+            // the rare ones run in larger shapes ([`ShapePlan`]): 9.
             return Padding { sources: sources.max(64), labels: labels.max(16), rows: 8 };
         }
         Padding { sources, labels, rows: 1 }
     }
-
-    /// The padded (rows, source width, label width) of the batch `rows`.
-    pub fn shape(&self, tokens: &TokenTable, rows: &[usize]) -> [usize; 3] {
-        let width = |table: &[Vec<i32>], multiple: usize| {
-            rows.iter().map(|&r| table[r].len()).max().unwrap_or(1).max(1).next_multiple_of(multiple.max(1))
-        };
-        [
-            rows.len().next_multiple_of(self.rows.max(1)),
-            width(&tokens.input_ids, self.sources),
-            width(&tokens.labels, self.labels),
-        ]
-    }
 }
 
-/// Pads a batch: sources with 0 (and a 1/0 mask), labels with -100 (ignored by the loss), each
-/// to its longest row rounded up as `padding` says; then empty rows up to its rows multiple (a
+/// Pads a batch to `shape` (at least its own, e.g. [`Padding::shape`] or [`ShapePlan::shape`]):
+/// sources with 0 (and a 1/0 mask), labels with -100 (ignored by the loss), then empty rows (a
 /// lone pad token unmasked, so attention has a key, and only ignored labels: they change no
 /// loss and no gradient).
-pub fn collate(tokens: &TokenTable, rows: &[usize], padding: Padding, device: Device) -> (Tensor, Tensor, Tensor) {
-    let [n, source_width, label_width] = padding.shape(tokens, rows);
+pub fn collate(tokens: &TokenTable, rows: &[usize], shape: Shape, device: Device) -> (Tensor, Tensor, Tensor) {
+    let [n, source_width, label_width] = shape;
     let empty: Vec<i32> = Vec::new();
     let pad = |seqs: Vec<&Vec<i32>>, fill: i64, w: usize| {
         let flat: Vec<i64> = seqs
@@ -394,7 +370,8 @@ fn validation_loss(b: &Built, tokens: &TokenTable, p: &TrainParams, device: Devi
         let mut sum = Tensor::zeros([], (Kind::Double, device));
         let mut n = 0usize;
         for rows in batches(tokens, p.batch_tokens, p.max_batch_rows, 0, 0) {
-            let (x, mask, y) = collate(tokens, &rows, Padding::for_training(p, false), device);
+            let shape = Padding::for_training(p, false).shape(tokens, &rows);
+            let (x, mask, y) = collate(tokens, &rows, shape, device);
             // Every label token counts (padding is -100 and not in `labels`).
             let targets: usize = rows.iter().map(|&r| tokens.labels[r].len()).sum();
             let loss = autocast::bf16(device, bf16, || b.model.loss(&x, &mask, &y, false));
@@ -438,9 +415,16 @@ pub fn train(
         _ => None,
     };
     let padding = Padding::for_training(p, graphs.is_some());
+    // The epoch's batches and the shapes they run in (with graphs, rare shapes in larger ones).
+    let mut epoch: Option<(u64, Vec<Vec<usize>>, ShapePlan)> = None;
     let mut taken = 0;
     while progress.step < total {
-        let epoch_batches = batches(train, p.batch_tokens, p.max_batch_rows, p.seed, progress.epoch);
+        if epoch.as_ref().is_none_or(|(e, ..)| *e != progress.epoch) {
+            let list = batches(train, p.batch_tokens, p.max_batch_rows, p.seed, progress.epoch);
+            let plan = ShapePlan::new(padding, train, &list, graphs.is_some());
+            epoch = Some((progress.epoch, list, plan));
+        }
+        let (_, epoch_batches, plan) = epoch.as_ref().expect("just set");
         if progress.batch >= epoch_batches.len() {
             progress.epoch += 1;
             progress.batch = 0;
@@ -462,7 +446,7 @@ pub fn train(
         let rows = &epoch_batches[progress.batch];
         // Real (non-pad) tokens, counted on the host: no device sync for a figure.
         let tokens: usize = rows.iter().map(|&r| train.input_ids[r].len() + train.labels[r].len()).sum();
-        let (x, mask, y) = collate(train, rows, padding, device);
+        let (x, mask, y) = collate(train, rows, plan.shape(train, rows), device);
         mark("batch");
         seed_step(p, progress.step);
         // The schedule counts optimizer steps; a batch whose loss is not finite is not one.
@@ -786,9 +770,9 @@ mod tests {
             input_ids: vec![vec![5, 6, 7, 8, 9, 1], vec![8, 9, 1]],
             labels: vec![vec![10, 11, 12, 1], vec![12, 1]],
         };
-        let (x, mask, y) = collate(&tokens, &[0, 1], Padding::NONE, Device::Cpu);
+        let (x, mask, y) = collate(&tokens, &[0, 1], Padding::NONE.shape(&tokens, &[0, 1]), Device::Cpu);
         let padding = Padding { sources: 16, labels: 8, rows: 8 };
-        let (x16, mask16, y16) = collate(&tokens, &[0, 1], padding, Device::Cpu);
+        let (x16, mask16, y16) = collate(&tokens, &[0, 1], padding.shape(&tokens, &[0, 1]), Device::Cpu);
         assert_eq!((x.size(), y.size()), (vec![2, 6], vec![2, 4]));
         assert_eq!((x16.size(), y16.size()), (vec![8, 16], vec![8, 8]));
         assert_eq!(mask16.sum(Kind::Int64).int64_value(&[]), 9 + 6, "padding is masked; an empty row keeps one key");

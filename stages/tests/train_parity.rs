@@ -58,7 +58,7 @@ fn params(model: &Path, extra: &str) -> TrainParams {
 }
 
 fn batch_json(tokens: &TokenTable, rows: &[usize], path: &Path) -> (Tensor, Tensor, Tensor) {
-    let (x, mask, y) = collate(tokens, rows, Padding::NONE, Device::Cpu);
+    let (x, mask, y) = collate(tokens, rows, Padding::NONE.shape(tokens, rows), Device::Cpu);
     let list = |t: &Tensor| -> Vec<Vec<i64>> { Vec::<Vec<i64>>::try_from(t).unwrap() };
     std::fs::write(
         path,

@@ -4,7 +4,8 @@
 #   bash benchmarks/gpu-session.sh DATA OUT bench   # sumflow bench beside the lab's Python path
 #   bash benchmarks/gpu-session.sh DATA OUT lab     # the lab pipeline, full DialogSum, 1 epoch each
 #   bash benchmarks/gpu-session.sh DATA OUT levers  # where a training step goes; batch-size levers
-#   bash benchmarks/gpu-session.sh DATA OUT graphs  # CUDA graphs: their tests, eager figures, a trace
+#   bash benchmarks/gpu-session.sh DATA OUT tests   # the stages' CUDA tests (graphs, attention kernels)
+#   bash benchmarks/gpu-session.sh DATA OUT graphs  # eager figures, cuDNN attention, padding, a trace
 #   bash benchmarks/gpu-session.sh DATA OUT bench-graphs  # `bench` with CUDA graphs, beside Python
 #   bash benchmarks/gpu-session.sh DATA OUT lab-eager  # the lab pipeline without CUDA graphs
 #   bash benchmarks/gpu-session.sh DATA OUT check   # all of them, tiny and short, on the CPU (a dry run)
@@ -12,8 +13,8 @@
 # DATA holds `dialogsum/` and `lab-results/` (a copy of ../shared/data: the device machine gets
 # only the checkout, so copy them into the ignored .carry/ and carry it with the binary, see
 # benchmarks/README.md). OUT receives the figures (at most 8 files come back from a device run).
-# `graphs` also runs the stages' test binary if it was copied to .carry/stages-tests (its CUDA
-# graph test needs a GPU; see benchmarks/README.md).
+# `tests` runs the stages' test binary copied to .carry/stages-tests (its CUDA tests need a GPU;
+# see benchmarks/README.md).
 # The model is a random-init flan-t5-base shape made on the spot (`make-model`, seconds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,9 +61,18 @@ if [ "$what" = levers ] || [ "$what" = check ]; then
     "$sumflow" bench "${one[@]}" --train-steps $steps "${big[@]}" "${none[@]}"
     "$sumflow" bench "${one[@]}" --train-steps 2 "${gen[@]}" --generate-one-at-a-time 0; } 2>&1 | tee "$out/levers.txt"
 fi
+if [ "$what" = tests ] || [ "$what" = check ]; then
+  # The stages' tests that need CUDA: eager and graphed training steps give the same losses;
+  # the graphed greedy decoder gives the eager one's tokens; libtorch runs every T5 attention
+  # in a fused kernel (not the fp32 math fallback).
+  if [ -x .carry/stages-tests ]; then
+    { .carry/stages-tests cuda --nocapture --test-threads 1 || echo "FAILED (exit $?)"; } 2>&1 | tee "$out/tests.txt"
+  else
+    echo "no .carry/stages-tests: the CUDA tests are not run" | tee "$out/tests.txt"
+  fi
+fi
 if [ "$what" = graphs ] || [ "$what" = check ]; then
-  # The CUDA graph tests (eager and graphed training steps give the same losses; the graphed
-  # greedy decoder gives the eager one's tokens); eager training and generation (500 × 40) as
+  # Eager training and generation (500 × 40) as
   # shipped (cuDNN's attention kernels off); the same with them on (they build a plan per new
   # shape); training padded as graphs pad (64-token sources, 16-token labels: 20 shapes per
   # epoch) but eager; CUDA graphs in 4× batches; last, a trace of eager steps 3–5 of each
@@ -73,8 +83,7 @@ if [ "$what" = graphs ] || [ "$what" = check ]; then
   pad=(--pad-to-multiple-of 64 --pad-labels-to-multiple-of 16)
   # Each part may fail (a capture libtorch refuses) without taking the others with it.
   try() { "$@" || echo "FAILED (exit $?): $*"; }
-  { if [ -x .carry/stages-tests ]; then try .carry/stages-tests cuda_graph --nocapture --test-threads 1; else echo "no .carry/stages-tests: the CUDA graph tests are not run"; fi
-    try "$sumflow" bench "${one[@]}" --train-steps $gsteps --generate $ngen
+  { try "$sumflow" bench "${one[@]}" --train-steps $gsteps --generate $ngen
     SUMFLOW_CUDNN_ATTENTION=1 try "$sumflow" bench "${one[@]}" --generate 0 --train-steps $gsteps
     try "$sumflow" bench "${one[@]}" --generate 0 --train-steps $gsteps "${pad[@]}"
     try "$sumflow" bench "${one[@]}" --generate 0 --train-steps $gsteps "${big[@]}" --cuda-graphs

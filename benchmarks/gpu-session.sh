@@ -76,8 +76,9 @@ if [ "$what" = graphs ] || [ "$what" = check ]; then
   # shipped (cuDNN's attention kernels off); the same with them on (they build a plan per new
   # shape); training padded as graphs pad (64-token sources, 16-token labels: 20 shapes per
   # epoch) but eager; CUDA graphs in 4× batches; last, a trace of eager steps 3–5 of each
-  # method (`SUMFLOW_TRACE`), condensed by python/trace_summary.py: where the device's time goes
-  # now that self-attention runs a fused kernel. Graphed training and generation in the
+  # method and of eager generation's first batch (`SUMFLOW_TRACE`), condensed by
+  # python/trace_summary.py: where the device's time goes now that self-attention runs a fused
+  # kernel. Graphed training and generation in the
   # shipped batches, beside the lab's Python path, are `bench-graphs`.
   one=(--model "$model" --device $device --data "$data/dialogsum" --results "$data/lab-results/dialogue-summary-training-results.csv" --generate-one-at-a-time 0)
   pad=(--pad-to-multiple-of 64 --pad-labels-to-multiple-of 16)
@@ -88,8 +89,12 @@ if [ "$what" = graphs ] || [ "$what" = check ]; then
     try "$sumflow" bench "${one[@]}" --generate 0 --train-steps $gsteps "${pad[@]}"
     try "$sumflow" bench "${one[@]}" --generate 0 --train-steps $gsteps "${big[@]}" --cuda-graphs
     rm -rf /tmp/sumflow-trace
-    SUMFLOW_TRACE=/tmp/sumflow-trace try "$sumflow" bench "${one[@]}" --generate 0 --train-steps 6
-    for t in /tmp/sumflow-trace/*.json; do [ -f "$t" ] && try "$PYTHON" python/trace_summary.py "$t"; done; } 2>&1 | tee "$out/graphs.txt"
+    SUMFLOW_TRACE=/tmp/sumflow-trace try "$sumflow" bench "${one[@]}" --generate $ngen --train-steps 6
+    # Training traces hold 3 steps; the generation trace one batch of 40 tokens' steps.
+    for t in /tmp/sumflow-trace/*.json; do
+      case $t in */generate-*) n=40 ;; *) n=3 ;; esac
+      [ -f "$t" ] && try "$PYTHON" python/trace_summary.py "$t" $n
+    done; } 2>&1 | tee "$out/graphs.txt"
 fi
 if [ "$what" = bench-graphs ] || [ "$what" = check ]; then
   # `bench` with CUDA graphs (long enough for shapes to come back: the bench adds a

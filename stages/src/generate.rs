@@ -21,6 +21,7 @@ use crate::t5::device::{self, DeviceChoice, DtypeChoice};
 use crate::t5::loader::{self, Loaded};
 use crate::table::Table;
 use crate::tokenize::{encode, render, row_ids, LAB_TEMPLATE};
+use crate::trace::StepTrace;
 
 /// How to generate: everything but the data and the model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -208,6 +209,7 @@ pub fn summarize(
     let mut start = 0;
     // CUDA graphs until a capture fails, if ever (then eagerly).
     let mut graphs = o.cuda_graphs;
+    let mut trace = StepTrace::generation_from_env(device);
     while start < order.len() {
         let longest = encoded[order[start]].len();
         let rows = if o.one_at_a_time { 1 } else { (budget / longest.max(1)).clamp(1, order.len() - start) };
@@ -234,7 +236,15 @@ pub fn summarize(
                 Ok(generate(&m.model, &x, &mask, o.max_new_tokens, &o.decoding))
             }
         };
-        match catch_unwind(AssertUnwindSafe(run)) {
+        // `SUMFLOW_TRACE`: the first batch, encoder pass and every token's step.
+        if let Some(t) = &mut trace {
+            t.before_step(1);
+        }
+        let result = catch_unwind(AssertUnwindSafe(run));
+        if let Some(mut t) = trace.take() {
+            t.after_step(1, false);
+        }
+        match result {
             Ok(Err(e)) => {
                 // Nothing was decoded: the batch runs again, eagerly, and so do the rest.
                 progress.message(&format!("`cuda_graphs`: {e}; decoding goes on without CUDA graphs"));

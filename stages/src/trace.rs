@@ -1,5 +1,6 @@
 //! `SUMFLOW_TRACE=DIR`: libtorch's own profiler (Kineto, what `torch.profiler` drives) over a
-//! few training steps, saved as a Chrome trace in `DIR` — every operator the host dispatched and,
+//! few training steps, or the first batch a `generate` decodes (its encoder pass and every
+//! token's step), saved as a Chrome trace in `DIR` — every operator the host dispatched and,
 //! on CUDA, every kernel the device ran. Where [`crate::step_profile`] says how long each phase
 //! took, a trace says which kernels the time went to and where the device sat idle
 //! (`python/trace_summary.py` condenses one; `chrome://tracing` or Perfetto shows it whole).
@@ -22,39 +23,60 @@ extern "C" {
     fn sumflow_trace_stop(path: *const c_char) -> c_int;
 }
 
-/// Steps of a run that are traced: the first two warm up (allocator, kernel choices) and are
-/// left out.
+/// Steps of a training run that are traced: the first two warm up (allocator, kernel choices)
+/// and are left out.
 const FIRST: u64 = 3;
 const LAST: u64 = 5;
 
 /// Traces written by this process so far, to name the next one.
 static TRACES: AtomicUsize = AtomicUsize::new(0);
 
-/// A trace of steps [`FIRST`]..=[`LAST`] of one training run.
+/// A trace of some steps of one run: training's [`FIRST`]..=[`LAST`], or a generation's first
+/// batch (its one step).
 pub struct StepTrace {
     dir: PathBuf,
     device: Device,
+    /// What is traced (the file's name starts with it).
+    what: &'static str,
+    /// The steps traced.
+    steps: (u64, u64),
     recording: bool,
     /// The last step that ran.
     step: u64,
 }
 
 impl StepTrace {
-    /// A trace into the folder `SUMFLOW_TRACE` names, when it is set and not empty.
+    /// A trace of training steps into the folder `SUMFLOW_TRACE` names, when it is set and not
+    /// empty.
     pub fn from_env(device: Device) -> Option<Self> {
-        let dir = std::env::var_os("SUMFLOW_TRACE").filter(|d| !d.is_empty())?;
-        Some(StepTrace::new(PathBuf::from(dir), device))
+        Self::dir_from_env().map(|dir| StepTrace::new(dir, device))
     }
 
-    /// A trace into `dir`.
+    /// A trace of a generation's first batch into `SUMFLOW_TRACE`'s folder.
+    pub fn generation_from_env(device: Device) -> Option<Self> {
+        Self::dir_from_env().map(|dir| StepTrace {
+            dir,
+            device,
+            what: "generate",
+            steps: (1, 1),
+            recording: false,
+            step: 0,
+        })
+    }
+
+    fn dir_from_env() -> Option<PathBuf> {
+        std::env::var_os("SUMFLOW_TRACE").filter(|d| !d.is_empty()).map(PathBuf::from)
+    }
+
+    /// A trace of training steps into `dir`.
     pub fn new(dir: PathBuf, device: Device) -> Self {
-        StepTrace { dir, device, recording: false, step: 0 }
+        StepTrace { dir, device, what: "train", steps: (FIRST, LAST), recording: false, step: 0 }
     }
 
     /// Before the run's `n`th step (from 1): starts recording at the first traced step, once the
     /// device has finished the steps before it.
     pub fn before_step(&mut self, n: u64) {
-        if n == FIRST && !self.recording {
+        if n == self.steps.0 && !self.recording {
             synchronize(self.device);
             // SAFETY: a plain integer in; the shim catches every C++ exception.
             let rc = unsafe { sumflow_trace_start(c_int::from(self.device.is_cuda())) };
@@ -69,16 +91,18 @@ impl StepTrace {
     /// early), waits for the device and writes the trace; returns its path.
     pub fn after_step(&mut self, n: u64, force: bool) -> Option<PathBuf> {
         self.step = n;
-        if !self.recording || (n < LAST && !force) {
+        if !self.recording || (n < self.steps.1 && !force) {
             return None;
         }
         synchronize(self.device);
         self.recording = false;
         let k = TRACES.fetch_add(1, Ordering::Relaxed);
-        let path = self.dir.join(format!("train-{}-{k}.json", std::process::id()));
+        let path = self.dir.join(format!("{}-{}-{k}.json", self.what, std::process::id()));
         match self.stop(&path) {
             Ok(()) => {
-                eprintln!("SUMFLOW_TRACE: steps {FIRST}..={n} traced into {}", path.display());
+                let span =
+                    if self.steps == (1, 1) { "first batch".into() } else { format!("steps {}..={n}", self.steps.0) };
+                eprintln!("SUMFLOW_TRACE: {}, {span}, traced into {}", self.what, path.display());
                 Some(path)
             }
             Err(e) => {

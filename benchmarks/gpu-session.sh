@@ -72,20 +72,21 @@ if [ "$what" = tests ] || [ "$what" = check ]; then
   fi
 fi
 if [ "$what" = graphs ] || [ "$what" = check ]; then
-  # Eager training and generation (500 × 40) as
-  # shipped (cuDNN's attention kernels off); the same with them on (they build a plan per new
-  # shape); training padded as graphs pad (64-token sources, 16-token labels: 20 shapes per
-  # epoch) but eager; CUDA graphs in 4× batches; last, a trace of eager steps 3–5 of each
-  # method and of eager generation's first batch (`SUMFLOW_TRACE`), condensed by
-  # python/trace_summary.py: where the device's time goes now that self-attention runs a fused
-  # kernel. Graphed training and generation in the
-  # shipped batches, beside the lab's Python path, are `bench-graphs`.
+  # Eager training and generation (500 × 40) as shipped (cuDNN's attention kernels off); the
+  # same with them on (they build a plan per new shape); with attention written out
+  # (`SUMFLOW_ATTENTION=explicit`, transformers' eager form); training padded as graphs pad
+  # (64-token sources, 16-token labels) but eager; CUDA graphs in 4× batches; last, a trace of
+  # eager steps 3–5 of each method and of eager generation's first batch (`SUMFLOW_TRACE`),
+  # condensed by python/trace_summary.py: where the device's time goes now that self-attention
+  # runs a fused kernel. Graphed training and generation in the shipped batches, beside the
+  # lab's Python path, are `bench-graphs`.
   one=(--model "$model" --device $device --data "$data/dialogsum" --results "$data/lab-results/dialogue-summary-training-results.csv" --generate-one-at-a-time 0)
   pad=(--pad-to-multiple-of 64 --pad-labels-to-multiple-of 16)
   # Each part may fail (a capture libtorch refuses) without taking the others with it.
   try() { "$@" || echo "FAILED (exit $?): $*"; }
   { try "$sumflow" bench "${one[@]}" --train-steps $gsteps --generate $ngen
     SUMFLOW_CUDNN_ATTENTION=1 try "$sumflow" bench "${one[@]}" --generate 0 --train-steps $gsteps
+    SUMFLOW_ATTENTION=explicit try "$sumflow" bench "${one[@]}" --train-steps $gsteps --generate $ngen
     try "$sumflow" bench "${one[@]}" --generate 0 --train-steps $gsteps "${pad[@]}"
     try "$sumflow" bench "${one[@]}" --generate 0 --train-steps $gsteps "${big[@]}" --cuda-graphs
     rm -rf /tmp/sumflow-trace

@@ -98,6 +98,28 @@ pub enum AttentionBackend {
 }
 
 impl AttentionBackend {
+    /// The backend `SUMFLOW_ATTENTION` names — `auto` (also when unset), `sdpa` or `explicit` —
+    /// a lever for measuring one form against the other (on CUDA, `explicit` is transformers'
+    /// eager attention). Any other value is reported once and `auto` kept.
+    pub fn from_env() -> Self {
+        let Ok(value) = std::env::var("SUMFLOW_ATTENTION") else { return AttentionBackend::Auto };
+        AttentionBackend::parse(&value).unwrap_or_else(|e| {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| eprintln!("SUMFLOW_ATTENTION: {e}; using auto"));
+            AttentionBackend::Auto
+        })
+    }
+
+    /// `auto`, `sdpa` or `explicit`.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        match name.trim() {
+            "" | "auto" => Ok(AttentionBackend::Auto),
+            "sdpa" => Ok(AttentionBackend::Sdpa),
+            "explicit" => Ok(AttentionBackend::Explicit),
+            other => Err(format!("`{other}` is not an attention backend (auto, sdpa or explicit)")),
+        }
+    }
+
     fn explicit(self, q: &Tensor) -> bool {
         match self {
             AttentionBackend::Sdpa => false,
@@ -341,5 +363,20 @@ impl Attention {
             Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&mask), p, false, Some(1.0), false)
         };
         self.project(3, &out.transpose(1, 2).reshape([b, t, self.n_heads * self.d_kv]), train)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_attention_lever_takes_the_three_backends_and_refuses_others() {
+        assert_eq!(AttentionBackend::parse(""), Ok(AttentionBackend::Auto));
+        assert_eq!(AttentionBackend::parse("auto"), Ok(AttentionBackend::Auto));
+        assert_eq!(AttentionBackend::parse("sdpa"), Ok(AttentionBackend::Sdpa));
+        assert_eq!(AttentionBackend::parse(" explicit\n"), Ok(AttentionBackend::Explicit));
+        let e = AttentionBackend::parse("flash").unwrap_err();
+        assert!(e.contains("`flash`") && e.contains("auto, sdpa or explicit"), "{e}");
     }
 }

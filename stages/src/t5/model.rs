@@ -60,7 +60,8 @@ pub struct T5 {
     /// The decoder stack.
     pub decoder: Stack,
     lm_head: Option<nn::Linear>,
-    /// How attention is computed (the fastest measured for the device by default).
+    /// How attention is computed (the fastest measured for the device by default;
+    /// `SUMFLOW_ATTENTION` overrides it).
     pub attention: AttentionBackend,
 }
 
@@ -76,7 +77,7 @@ impl T5 {
             ws: (path / "lm_head").var("weight", &[c.vocab_size, c.d_model], nn::Init::Randn { mean: 0.0, stdev: 1.0 }),
             bs: None,
         });
-        T5 { config, shared, encoder, decoder, lm_head, attention: AttentionBackend::Auto }
+        T5 { config, shared, encoder, decoder, lm_head, attention: AttentionBackend::from_env() }
     }
 
     /// Sets every dropout rate (the config's `dropout_rate` otherwise).

@@ -271,6 +271,11 @@ impl Padding {
 /// loss and no gradient).
 pub fn collate(tokens: &TokenTable, rows: &[usize], shape: Shape, device: Device) -> (Tensor, Tensor, Tensor) {
     let [n, source_width, label_width] = shape;
+    let fits = |table: &[Vec<i32>], width: usize| rows.iter().all(|&r| table[r].len() <= width);
+    assert!(
+        n >= rows.len() && fits(&tokens.input_ids, source_width) && fits(&tokens.labels, label_width),
+        "collate: shape {shape:?} is smaller than its batch"
+    );
     let empty: Vec<i32> = Vec::new();
     let pad = |seqs: Vec<&Vec<i32>>, fill: i64, w: usize| {
         let flat: Vec<i64> = seqs

@@ -120,7 +120,7 @@ impl AttentionBackend {
         }
     }
 
-    fn explicit(self, q: &Tensor) -> bool {
+    pub(crate) fn explicit(self, q: &Tensor) -> bool {
         match self {
             AttentionBackend::Sdpa => false,
             AttentionBackend::Explicit => true,

@@ -133,7 +133,8 @@ impl T5 {
     /// as [`Attention::forward`](super::attention::Attention) lays them out. `training`: with
     /// the config's dropout and a bias that takes gradients (full fine-tuning); otherwise
     /// decoding, one query against a fixed cache. On CUDA `math` means the fallback that
-    /// computes in fp32; the fused kernels are `efficient` and `cudnn`.
+    /// computes in fp32; the fused kernels are `efficient` and `cudnn`; `written out` is this
+    /// model's own form ([`AttentionBackend`]).
     pub fn attention_kernels(&self, kind: Kind, training: bool) -> Vec<(&'static str, &'static str)> {
         let (device, _) = self.device_kind();
         let c = &self.config;
@@ -152,13 +153,21 @@ impl T5 {
         let (self_q, self_kv) = if training { (heads(t), heads(t)) } else { (heads(1), heads(s).contiguous()) };
         let decoder_bias = if training { self.decoder_bias(t, None) } else { self.decoder_bias(1, Some(&cache)) };
         let cross_kv = heads(s).contiguous();
+        // Where this model writes attention out, libtorch picks nothing.
+        let kernel = |q: &Tensor, kv: &Tensor, bias: Tensor| {
+            if self.attention.explicit(q) {
+                "written out"
+            } else {
+                attention_kernel(q, kv, &mask(bias), p)
+            }
+        };
         let mut kernels = vec![
-            ("decoder self", attention_kernel(&self_q, &self_kv, &mask(decoder_bias), p)),
-            ("cross", attention_kernel(&heads(t), &cross_kv, &mask(self.extended_mask(&padding)), p)),
+            ("decoder self", kernel(&self_q, &self_kv, decoder_bias)),
+            ("cross", kernel(&heads(t), &cross_kv, self.extended_mask(&padding))),
         ];
         if training {
             let x = heads(s);
-            kernels.insert(0, ("encoder self", attention_kernel(&x, &x, &mask(self.encoder_bias(&padding)), p)));
+            kernels.insert(0, ("encoder self", kernel(&x, &x, self.encoder_bias(&padding))));
         }
         kernels
     }

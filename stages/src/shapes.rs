@@ -92,12 +92,19 @@ fn covers(big: &Shape, small: &Shape) -> bool {
     big.iter().zip(small).all(|(b, s)| b >= s)
 }
 
+/// At most this many shapes are merged: each round of [`merge`] weighs every pair, so its cost
+/// grows with the cube of the count. An epoch padded as graphs pad it has a few dozen.
+pub const MAX_MERGED: usize = 256;
+
 /// For each shape of `counts` (shape → batches of it in an epoch), the shape its batches run
 /// in: itself, or a larger shape of `counts` when padding its batches up to it costs less than
 /// the capture it saves (`batches × extra tokens < CAPTURE_STEPS × its tokens`). Greedy: the
 /// merge that saves most first, until none pays; a shape merged into is then counted with the
-/// batches it took in.
+/// batches it took in. Beyond [`MAX_MERGED`] shapes every shape stays as it is.
 pub fn merge(counts: &BTreeMap<Shape, usize>) -> BTreeMap<Shape, Shape> {
+    if counts.len() > MAX_MERGED {
+        return counts.keys().map(|&s| (s, s)).collect();
+    }
     let mut live = counts.clone();
     let mut into: HashMap<Shape, Shape> = HashMap::new();
     loop {
@@ -197,5 +204,8 @@ mod tests {
         // One batch of a shape just below a common one moves.
         let counts: BTreeMap<Shape, usize> = [([8, 64, 16], 1), ([8, 128, 16], 40)].into_iter().collect();
         assert_eq!(merge(&counts)[&[8, 64, 16]], [8, 128, 16]);
+        // Too many shapes to weigh: all stay (and quickly).
+        let many: BTreeMap<Shape, usize> = (1..=MAX_MERGED + 1).map(|i| ([8, 64 * i, 16], 1)).collect();
+        assert!(merge(&many).iter().all(|(s, t)| s == t));
     }
 }

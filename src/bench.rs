@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use serde::Serialize;
+use sumflow_stages::shapes::Shape;
 
 use crate::error::Error;
 
@@ -146,7 +147,7 @@ impl BenchReport {
 #[derive(Debug, Clone, Copy)]
 pub struct Step {
     /// (rows, source width, label width) after padding.
-    pub shape: [usize; 3],
+    pub shape: Shape,
     /// Real tokens.
     pub tokens: usize,
     /// Seconds it took.
@@ -160,7 +161,7 @@ pub struct Step {
 /// captures (an epoch of DialogSum has 207 batches in about 20 shapes). Here each shape of
 /// `epoch` ((shape, real tokens) of every batch) costs one capture at the mean of the measured
 /// captures, and the other batches run at the replays' measured tokens/s. `None` without both.
-pub fn graphs_epoch(measured: &[Step], epoch: &[([usize; 3], usize)]) -> Option<(f64, usize)> {
+pub fn graphs_epoch(measured: &[Step], epoch: &[(Shape, usize)]) -> Option<(f64, usize)> {
     let mut seen = std::collections::HashSet::new();
     let (captures, replays): (Vec<&Step>, Vec<&Step>) = measured.iter().partition(|s| seen.insert(s.shape));
     if captures.is_empty() || replays.is_empty() {
@@ -278,10 +279,14 @@ mod imp {
             Method::Full => "train, full fine-tuning",
             Method::Lora => "train, LoRA r32 q,v",
         };
+        // Real (non-pad) tokens of a batch.
+        let real_tokens = |rows: &[usize]| -> usize {
+            rows.iter().map(|&r| tokens.input_ids[r].len() + tokens.labels[r].len()).sum()
+        };
         let figure = |label: String, steps: &[(&Vec<usize>, f64)]| {
             let (mut rows, mut real, mut seconds) = (0, 0, 0.0);
             for (batch, tokens_per_s) in steps {
-                let n: usize = batch.iter().map(|&r| tokens.input_ids[r].len() + tokens.labels[r].len()).sum();
+                let n = real_tokens(batch);
                 rows += batch.len();
                 real += n;
                 seconds += n as f64 / tokens_per_s;
@@ -304,7 +309,6 @@ mod imp {
             // Also the steady state: the steps that replayed a graph captured by an earlier step
             // of the same batch shape (padded as the training loop pads it).
             let plan = ShapePlan::new(Padding::for_training(&p, true), tokens, &epoch, true);
-            let real = |rows: &[usize]| rows.iter().map(|&r| tokens.input_ids[r].len() + tokens.labels[r].len()).sum();
             let mut seen = std::collections::HashSet::new();
             let replays: Vec<(&Vec<usize>, f64)> =
                 timed.iter().filter(|(rows, _)| !seen.insert(plan.shape(tokens, rows))).copied().collect();
@@ -318,12 +322,12 @@ mod imp {
             let measured: Vec<Step> = timed
                 .iter()
                 .map(|(rows, tokens_per_s)| {
-                    let n: usize = real(rows);
+                    let n = real_tokens(rows);
                     Step { shape: plan.shape(tokens, rows), tokens: n, seconds: n as f64 / tokens_per_s }
                 })
                 .collect();
-            let whole: Vec<([usize; 3], usize)> =
-                epoch.iter().map(|rows| (plan.shape(tokens, rows), real(rows))).collect();
+            let whole: Vec<(Shape, usize)> =
+                epoch.iter().map(|rows| (plan.shape(tokens, rows), real_tokens(rows))).collect();
             if let Some((seconds, captures)) = graphs_epoch(&measured, &whole) {
                 let tflops = flops_per_token * all as f64 / seconds / 1e12;
                 figures.push(Figures {

@@ -88,7 +88,8 @@ mod tests {
     fn the_peak_follows_an_allocation_and_resets() {
         reset_peak();
         let before = peak_mb().expect("VmHWM on Linux");
-        let block = vec![1u8; 300 << 20];
+        // Kept from the optimizer, which would otherwise drop an allocation nothing reads.
+        let block = std::hint::black_box(vec![1u8; 300 << 20]);
         let during = peak_mb().expect("VmHWM");
         assert!(during - before > 250.0, "{before} MB → {during} MB after touching 300 MB");
         drop(block);

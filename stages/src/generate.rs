@@ -16,7 +16,8 @@ use crate::model_ref;
 use crate::stage::{
     ArtifactKind, FileInput, InputRef, InputSlot, OutputDecl, ParamError, Progress, Resource, Stage, StageContext,
 };
-use crate::t5::decode::{generate, greedy_fixed, Strategy, KEY_MULTIPLE};
+use crate::t5::attention::KEY_MULTIPLE;
+use crate::t5::decode::{generate, greedy_fixed, Strategy};
 use crate::t5::device::{self, DeviceChoice, DtypeChoice};
 use crate::t5::loader::{self, Loaded};
 use crate::table::Table;

@@ -54,13 +54,10 @@ impl StepTrace {
 
     /// A trace of a generation's first batch into `SUMFLOW_TRACE`'s folder.
     pub fn generation_from_env(device: Device) -> Option<Self> {
-        Self::dir_from_env().map(|dir| StepTrace {
-            dir,
-            device,
-            what: "generate",
-            steps: (1, 1),
-            recording: false,
-            step: 0,
+        Self::dir_from_env().map(|dir| {
+            let mut trace = StepTrace::new(dir, device);
+            (trace.what, trace.steps) = ("generate", (1, 1));
+            trace
         })
     }
 

@@ -129,6 +129,11 @@ impl AttentionBackend {
     }
 }
 
+/// The key lengths CUDA's memory-efficient attention takes without padding its mask first (a
+/// copy of the mask expanded to every row and head, per call): callers that choose their
+/// lengths (the fixed decoding cache, CUDA generation batches) round up to it.
+pub const KEY_MULTIPLE: usize = 16;
+
 /// The kernel libtorch's `scaled_dot_product_attention` picks for these inputs (its
 /// `_fused_sdp_choice`), as T5 calls it: unscaled, not causal, the bias as a float mask.
 pub fn attention_kernel(q: &Tensor, kv: &Tensor, mask: &Tensor, dropout: f64) -> &'static str {

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use super::attention::KEY_MULTIPLE;
 use super::{KvCache, T5};
 use crate::cuda_graph::Graph;
 
@@ -139,9 +140,6 @@ fn step_by_step(
     }
     out
 }
-
-/// The key lengths CUDA's memory-efficient attention takes without padding its mask first.
-pub const KEY_MULTIPLE: usize = 16;
 
 /// How often [`greedy_fixed`] reads whether every row has finished (each read waits for the
 /// device).

@@ -149,7 +149,8 @@ impl T5 {
         // into the relative-position embedding when training.
         let mask = |bias: Tensor| (if training { bias.detach().set_requires_grad(true) } else { bias }).to_kind(kind);
         let padding = Tensor::ones([b, s], (Kind::Int64, device));
-        let cache = KvCache::fixed(c.decoder_layers() as usize, (b, c.num_heads, c.d_kv), s, kind, device);
+        // The decoder's bias reads only the cache's position and length: one layer is enough.
+        let cache = KvCache::fixed(1, (b, c.num_heads, c.d_kv), s, kind, device);
         let (self_q, self_kv) = if training { (heads(t), heads(t)) } else { (heads(1), heads(s).contiguous()) };
         let decoder_bias = if training { self.decoder_bias(t, None) } else { self.decoder_bias(1, Some(&cache)) };
         let cross_kv = heads(s).contiguous();

@@ -8,6 +8,7 @@
 #   bash benchmarks/gpu-session.sh DATA OUT graphs  # eager figures, cuDNN attention, padding, a trace
 #   bash benchmarks/gpu-session.sh DATA OUT bench-graphs  # `bench` with CUDA graphs, beside Python
 #   bash benchmarks/gpu-session.sh DATA OUT lab-eager  # the lab pipeline without CUDA graphs
+#   bash benchmarks/gpu-session.sh DATA OUT weights # training with bf16 weights; then the lab with them
 #   bash benchmarks/gpu-session.sh DATA OUT check   # all of them, tiny and short, on the CPU (a dry run)
 #
 # DATA holds `dialogsum/` and `lab-results/` (a copy of ../shared/data: the device machine gets
@@ -111,6 +112,19 @@ if [ "$what" = lab ] || [ "$what" = check ]; then
   cp "$manifest" "$out/lab-manifest.json"
   report=$(grep '^report: ' "$out/lab-stdout.txt" | tail -1 | cut -d' ' -f2)
   cp "$(dirname "$report")/report.md" "$out/lab-report.md"
+fi
+if [ "$what" = weights ] || [ "$what" = check ]; then
+  # Training with bf16 weights over fp32 masters (`bf16_weights`, `--bf16-weights`) instead of
+  # autocast over fp32 weights: no casts at each operation, a bf16 residual stream. As
+  # `bench-graphs` trains (CUDA graphs, its steps), then eagerly; then the lab pipeline with
+  # them (after `lab`: the data stages come from its cache).
+  one=(--model "$model" --device $device --data "$data/dialogsum" --results "$data/lab-results/dialogue-summary-training-results.csv" --generate 0 --generate-one-at-a-time 0)
+  try() { "$@" || echo "FAILED (exit $?): $*"; }
+  { try "$sumflow" bench "${one[@]}" --train-steps $gsteps2 --cuda-graphs --dtype bf16 --bf16-weights
+    try "$sumflow" bench "${one[@]}" --train-steps $gsteps --dtype bf16 --bf16-weights; } 2>&1 | tee "$out/weights.txt"
+  "$sumflow" run pipelines/dialogsum-flan-t5.yaml --set model="$model" --set data="$data/dialogsum" \
+    --set device=$device "${lab[@]}" --set bf16_weights=true \
+    2> >(tee "$out/lab-weights-stderr.txt" >&2) | tee "$out/lab-weights-stdout.txt"
 fi
 if [ "$what" = lab-eager ] || [ "$what" = check ]; then
   # After `lab` (its cache): the data stages are reused; the model stages run again, eagerly.

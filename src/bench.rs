@@ -60,6 +60,10 @@ pub struct BenchOptions {
     /// autocast over fp32 weights; generation: bf16 weights).
     #[arg(long, default_value = "auto")]
     pub dtype: String,
+    /// Training with bf16 compute: bf16 weights (copies of fp32 masters) instead of autocast
+    /// over fp32 weights (the training stages' `bf16_weights`).
+    #[arg(long)]
+    pub bf16_weights: bool,
 }
 
 /// One measured figure set.
@@ -189,7 +193,7 @@ mod imp {
     use sumflow_stages::t5::decode::Strategy;
     use sumflow_stages::t5::device::{DeviceChoice, DtypeChoice};
     use sumflow_stages::tokenize::{render, tokenize, TokenTable, TokenizeParams, LAB_TEMPLATE};
-    use sumflow_stages::train::{batches, build, train, Method, Padding, TrainParams};
+    use sumflow_stages::train::{batches, build, train, Method, Padding, Precision, TrainParams};
     use sumflow_stages::{InputRef, NoProgress, StageContext};
 
     /// Peak memory over one measurement.
@@ -251,14 +255,14 @@ mod imp {
         ))
         .map_err(|e| Error::Usage(e.to_string()))?;
         p.pad_labels_to_multiple_of = o.pad_labels_to_multiple_of;
-        if let Some(e) = sumflow_stages::train::check(method, &p).first() {
-            return Err(Error::Usage(format!("{}: {}", e.field, e.message)));
-        }
         match method {
             Method::Full => (p.lr, p.weight_decay) = (Some(1e-5), Some(0.01)),
             Method::Lora => (p.lr, p.weight_decay) = (Some(1e-3), Some(0.0)),
         }
-        (p.device, p.dtype) = (c.device, c.dtype);
+        (p.device, p.dtype, p.bf16_weights) = (c.device, c.dtype, o.bf16_weights);
+        if let Some(e) = sumflow_stages::train::check(method, &p).first() {
+            return Err(Error::Usage(format!("{}: {}", e.field, e.message)));
+        }
         let b = build(method, &o.model, &p, sumflow_stages::t5::device::device(c.device)?)?;
         let (trainable, total) = b.parameter_report();
         let ctx = StageContext::new("bench", Default::default(), work.join("out"), work.join("work"), &NoProgress);
@@ -278,6 +282,11 @@ mod imp {
         let what = match method {
             Method::Full => "train, full fine-tuning",
             Method::Lora => "train, LoRA r32 q,v",
+        };
+        let device = b.trainable().device();
+        let what = match p.precision(device) {
+            Precision::Bf16Weights => format!("{what}, bf16 weights"),
+            Precision::Fp32 | Precision::Autocast => what.to_string(),
         };
         // Real (non-pad) tokens of a batch.
         let real_tokens = |rows: &[usize]| -> usize {

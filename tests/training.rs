@@ -204,36 +204,59 @@ fn safetensors_dtypes(path: &Path) -> Vec<String> {
     header.iter().filter(|(k, _)| *k != "__metadata__").map(|(_, v)| v["dtype"].as_str().unwrap().to_owned()).collect()
 }
 
+/// The fp32 values of the first F32 tensor in a safetensors file.
+fn first_f32_tensor(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let t = header.values().find(|v| v["dtype"] == "F32").unwrap();
+    let [a, b] = [0, 1].map(|i| t["data_offsets"][i].as_u64().unwrap() as usize + 8 + n);
+    bytes[a..b].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
 #[test]
-fn bf16_autocast_training_tracks_fp32_and_keeps_fp32_weights() {
+fn bf16_training_tracks_fp32_and_keeps_fp32_weights() {
     // The mixed precision CUDA runs by default, here on the CPU: products in bf16, the loss,
-    // weights and optimizer in fp32. Same data, same seed, no dropout.
+    // weights and optimizer in fp32; and bf16 weights over fp32 masters (`bf16_weights`). Same
+    // data, same seed, no dropout.
     let s = Sandbox::new();
     let common = "max_steps: 30, lr: 0.001, checkpoint_every: 0, dropout: 0.0";
+    let lora = "max_steps: 30, lr: 0.005, checkpoint_every: 0, dropout: 0.0, dtype: bf16";
     let stages = stage(&format!("{common}, dtype: fp32"), "train-full", "fp32")
         + &stage(&format!("{common}, dtype: bf16"), "train-full", "bf16")
-        + &stage("max_steps: 30, lr: 0.005, checkpoint_every: 0, dropout: 0.0, dtype: bf16", "train-lora", "lora");
+        + &stage(&format!("{common}, dtype: bf16, bf16_weights: true"), "train-full", "bf16w")
+        + &stage(lora, "train-lora", "lora")
+        + &stage(&format!("{lora}, bf16_weights: true"), "train-lora", "lora-bf16w");
     pipeline(&s, &stages);
     s.ok(&["run", "p.yaml"]);
-    let (fp32, bf16) = (artifact(&s, "fp32", "model"), artifact(&s, "bf16", "model"));
-    let (a, b) = (losses(&fp32), losses(&bf16));
-    assert_eq!(a.len(), 30);
-    // The first step sees identical weights: only bf16 rounding differs.
-    let first = (a[0].1 - b[0].1).abs() / a[0].1;
-    assert!(first > 0.0 && first < 0.005, "step 1: fp32 {} vs bf16 {}", a[0].1, b[0].1);
+    let fp32 = losses(&artifact(&s, "fp32", "model"));
+    assert_eq!(fp32.len(), 30);
     let mean = |xs: &[(u64, f64)]| xs.iter().map(|x| x.1).sum::<f64>() / xs.len() as f64;
-    let (late_a, late_b) = (mean(&a[20..]), mean(&b[20..]));
-    assert!((late_a - late_b).abs() / late_a < 0.01, "steps 21-30: fp32 {late_a:.4} vs bf16 {late_b:.4}");
-    assert!(late_b < mean(&b[..10]) * 0.9, "bf16 loss falls");
-    assert!(safetensors_dtypes(&bf16.join("model.safetensors")).iter().all(|d| d == "F32"), "fp32 master weights");
-    let lora = losses(&artifact(&s, "lora", "adapter"));
-    assert!(mean(&lora[20..]) < mean(&lora[..10]) * 0.9, "bf16 LoRA loss falls");
+    for id in ["bf16", "bf16w"] {
+        let dir = artifact(&s, id, "model");
+        let b = losses(&dir);
+        // The first step sees the same weights: only bf16 rounding differs.
+        let first = (fp32[0].1 - b[0].1).abs() / fp32[0].1;
+        assert!(first > 0.0 && first < 0.005, "{id} step 1: fp32 {} vs {}", fp32[0].1, b[0].1);
+        let (late_a, late_b) = (mean(&fp32[20..]), mean(&b[20..]));
+        assert!((late_a - late_b).abs() / late_a < 0.01, "{id} steps 21-30: fp32 {late_a:.4} vs {late_b:.4}");
+        assert!(late_b < mean(&b[..10]) * 0.9, "{id}: the loss falls");
+        let weights = dir.join("model.safetensors");
+        assert!(safetensors_dtypes(&weights).iter().all(|d| d == "F32"), "{id}: fp32 master weights");
+        // Master weights, not bf16 values widened: some have bits below bf16's 8.
+        assert!(first_f32_tensor(&weights).iter().any(|w| w.to_bits() & 0xffff != 0), "{id}: fp32 values");
+    }
+    for id in ["lora", "lora-bf16w"] {
+        let l = losses(&artifact(&s, id, "adapter"));
+        assert!(mean(&l[20..]) < mean(&l[..10]) * 0.9, "{id}: the bf16 LoRA loss falls");
+    }
 }
 
 #[test]
 fn bad_training_params_are_refused_before_anything_runs() {
     for (params, kind, id, says) in [
         ("dtype: fp16", "train-full", "full", "fp16 overflows in T5 and training has no loss scaling; use bf16"),
+        ("dtype: fp32, bf16_weights: true", "train-lora", "lora", "bf16_weights: needs bf16 compute"),
         ("pad_to_multiple_of: 0", "train-lora", "lora", "pad_to_multiple_of"),
         ("pad_labels_to_multiple_of: 0", "train-full", "full", "pad_labels_to_multiple_of: must be at least 1"),
     ] {

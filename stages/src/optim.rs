@@ -8,6 +8,11 @@
 //! (flan-t5-base has 282 parameter tensors: ≈ 3,400 kernel launches per step on a GPU
 //! otherwise).
 //!
+//! With bf16 weights ([`AdamW::new`] with `Kind::BFloat16`) the model computes with a bf16 copy
+//! of fp32 master weights: its parameters view a bf16 flat buffer, backward writes bf16
+//! gradients, and the update reads them as fp32, updates the masters and refreshes the copy —
+//! two more whole-buffer casts per step instead of autocast's casts at every operation.
+//!
 //! Nothing in a step waits for the device: the learning rate and bias corrections reach the
 //! kernels as device tensors, and a step whose loss or gradient is not finite is skipped *on
 //! the device* (the weights and moments stay as they were). The caller reads the loss once the
@@ -22,9 +27,16 @@ use tch::{Device, Kind, Tensor};
 pub struct AdamW {
     /// Name, shape and offset in the flat buffers of each parameter.
     layout: Vec<(String, Vec<i64>, i64)>,
+    /// The parameters as the model holds them.
+    params: Vec<Tensor>,
+    /// The fp32 weights: the parameters' own storage, or the masters of their bf16 copy.
     flat: Tensor,
-    /// The gradients: each parameter's `.grad` is a view into it.
+    /// With bf16 weights: the copy the parameters view, refreshed after each update.
+    copy: Option<Tensor>,
+    /// The gradients, in the parameters' precision: each parameter's `.grad` is a view into it.
     grad: Tensor,
+    /// With bf16 weights: the gradients as fp32, once per step, for clipping and the update.
+    grad32: Option<(Tensor, bool)>,
     m: Tensor,
     v: Tensor,
     /// The global gradient norm of the current step, once clipping computed it.
@@ -43,37 +55,45 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    /// An optimizer over `params` (PyTorch's defaults: betas 0.9, 0.999; eps 1e-8). The
-    /// parameters (fp32 master weights, one device) are moved into a flat buffer they then view,
-    /// and their gradients into another.
-    pub fn new(params: BTreeMap<String, Tensor>, weight_decay: f64) -> Self {
+    /// An optimizer over `params` (PyTorch's defaults: betas 0.9, 0.999; eps 1e-8), which must
+    /// be fp32 and on one device. They are moved into a flat buffer they then view, and their
+    /// gradients into another. `compute`: `Kind::Float`, or `Kind::BFloat16` for bf16 weights —
+    /// the parameters become bf16 copies of the fp32 values, which stay here as masters (until
+    /// [`AdamW::finish`]).
+    pub fn new(params: BTreeMap<String, Tensor>, weight_decay: f64, compute: Kind) -> Self {
+        assert!(matches!(compute, Kind::Float | Kind::BFloat16), "AdamW: fp32 or bf16 weights, not {compute:?}");
         let device = params.values().next().map_or(Device::Cpu, |p| p.device());
         let total: i64 = params.values().map(|p| p.numel() as i64).sum();
-        let zeros = || Tensor::zeros([total], (Kind::Float, device));
-        let (flat, grad) = (zeros(), zeros());
+        let zeros = |kind| Tensor::zeros([total], (kind, device));
+        let flat = zeros(Kind::Float);
         let mut layout = Vec::new();
         let mut views = Vec::new();
         let mut offset = 0;
         tch::no_grad(|| {
-            for (name, mut p) in params {
+            for (name, p) in params {
                 assert_eq!((p.kind(), p.device()), (Kind::Float, device), "`{name}`: fp32, on one device");
                 let n = p.numel() as i64;
-                let view = flat.narrow(0, offset, n).view(p.size().as_slice());
-                view.shallow_clone().copy_(&p);
-                p.set_data(&view);
+                flat.narrow(0, offset, n).copy_(&p.reshape([-1]));
                 layout.push((name, p.size(), offset));
                 views.push(p);
                 offset += n;
             }
         });
+        let copy = (compute == Kind::BFloat16).then(|| tch::no_grad(|| flat.to_kind(compute)));
+        tch::no_grad(|| set_views(&views, copy.as_ref().unwrap_or(&flat), &layout));
+        let grad = zeros(compute);
         attach_gradients(&views, &grad, &layout);
+        let grad32 = copy.is_some().then(|| (zeros(Kind::Float), false));
         let scalar = || Tensor::zeros([], (Kind::Float, device));
         AdamW {
             layout,
+            params: views,
             flat,
+            copy,
             grad,
-            m: zeros(),
-            v: zeros(),
+            grad32,
+            m: zeros(Kind::Float),
+            v: zeros(Kind::Float),
             norm: None,
             lr_decay: scalar(),
             step_size: scalar(),
@@ -84,6 +104,53 @@ impl AdamW {
             eps: 1e-8,
             weight_decay,
         }
+    }
+
+    /// The fp32 weights by name (views): the parameters themselves, or their masters.
+    pub fn masters(&self) -> BTreeMap<String, Tensor> {
+        self.named(&self.flat)
+    }
+
+    /// After the masters were written (a resumed checkpoint): the parameters' bf16 copy
+    /// follows them.
+    pub fn masters_changed(&mut self) {
+        if let Some(copy) = &self.copy {
+            tch::no_grad(|| copy.shallow_clone().copy_(&self.flat));
+        }
+    }
+
+    /// Training is over: the parameters are the fp32 weights again (with bf16 weights, they
+    /// leave their copy for the masters), as a model loaded in fp32 holds them.
+    pub fn finish(self) {
+        if self.copy.is_some() {
+            tch::no_grad(|| set_views(&self.params, &self.flat, &self.layout));
+        }
+    }
+
+    /// The gradients as fp32: the buffer backward wrote, or (bf16 weights) its fp32 copy, made
+    /// once per step.
+    fn gradient(&mut self) -> Tensor {
+        match &mut self.grad32 {
+            None => self.grad.shallow_clone(),
+            Some((g32, fresh)) => {
+                if !*fresh {
+                    tch::no_grad(|| g32.copy_(&self.grad));
+                    *fresh = true;
+                }
+                g32.shallow_clone()
+            }
+        }
+    }
+
+    /// Views of a flat buffer, by parameter name.
+    fn named(&self, flat: &Tensor) -> BTreeMap<String, Tensor> {
+        self.layout
+            .iter()
+            .map(|(name, shape, offset)| {
+                let n: i64 = shape.iter().product();
+                (name.clone(), flat.narrow(0, *offset, n).view(shape.as_slice()))
+            })
+            .collect()
     }
 
     /// One update at learning rate `lr` from the parameters' gradients: [`AdamW::prepare`],
@@ -110,7 +177,7 @@ impl AdamW {
     /// the gradient norm is not finite (call [`AdamW::skipped`] once the loss is read).
     pub fn apply(&mut self, loss: &Tensor) {
         let (beta1, beta2, eps) = (self.beta1, self.beta2, self.eps);
-        let g = self.grad.shallow_clone();
+        let g = self.gradient();
         let norm = self.norm.take().unwrap_or_else(|| tch::no_grad(|| g.norm()));
         // In place, as `torch.optim.AdamW`'s multi-tensor path does it, with the step's scalars
         // (and whether it counts) as device tensors.
@@ -124,6 +191,9 @@ impl AdamW {
             let denom = self.v.sqrt().g_mul_(&self.v_correction).g_add_scalar_(eps);
             let _ = self.flat.g_mul_(&(&ok * &self.lr_decay).neg().g_add_scalar_(1.0));
             let _ = self.flat.addcdiv_(&(&self.m * (&ok * &self.step_size)), &denom);
+            if let Some(copy) = &self.copy {
+                copy.shallow_clone().copy_(&self.flat);
+            }
         });
     }
 
@@ -136,6 +206,9 @@ impl AdamW {
     /// Clears the gradients.
     pub fn zero_grad(&mut self) {
         let _ = tch::no_grad(|| self.grad.zero_());
+        if let Some((_, fresh)) = &mut self.grad32 {
+            *fresh = false;
+        }
         self.norm = None;
     }
 
@@ -143,7 +216,7 @@ impl AdamW {
     /// the norm before, as a tensor on the parameters' device (reading it waits for the device:
     /// the training step does not).
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> Tensor {
-        let g = self.grad.shallow_clone();
+        let g = self.gradient();
         let total = tch::no_grad(|| {
             let total = g.norm();
             if max_norm > 0.0 {
@@ -158,13 +231,9 @@ impl AdamW {
 
     /// The moments, named `m.<param>` and `v.<param>`, for a checkpoint.
     pub fn state(&self) -> BTreeMap<String, Tensor> {
-        let mut out = BTreeMap::new();
-        for (name, shape, offset) in &self.layout {
-            let n: i64 = shape.iter().product();
-            out.insert(format!("m.{name}"), self.m.narrow(0, *offset, n).view(shape.as_slice()));
-            out.insert(format!("v.{name}"), self.v.narrow(0, *offset, n).view(shape.as_slice()));
-        }
-        out
+        let m = self.named(&self.m).into_iter().map(|(name, t)| (format!("m.{name}"), t));
+        let v = self.named(&self.v).into_iter().map(|(name, t)| (format!("v.{name}"), t));
+        m.chain(v).collect()
     }
 
     /// Restores moments saved by [`AdamW::state`] after `step` updates.
@@ -184,6 +253,14 @@ impl AdamW {
         })?;
         self.step = step;
         Ok(())
+    }
+}
+
+/// Makes each parameter a view into `flat` (its values copied there already).
+fn set_views(params: &[Tensor], flat: &Tensor, layout: &[(String, Vec<i64>, i64)]) {
+    for (p, (_, shape, offset)) in params.iter().zip(layout) {
+        let n: i64 = shape.iter().product();
+        p.shallow_clone().set_data(&flat.narrow(0, *offset, n).view(shape.as_slice()));
     }
 }
 
@@ -249,7 +326,7 @@ mod tests {
         let loss = |a: &Tensor, b: &Tensor| (a * a).sum(Kind::Float) * 3.0 + b.sin().sum(Kind::Float);
         let (ours_vs, a1, b1) = make();
         let (theirs_vs, a2, b2) = make();
-        let mut ours = AdamW::new(ours_vs.variables().into_iter().collect(), 0.05);
+        let mut ours = AdamW::new(ours_vs.variables().into_iter().collect(), 0.05, Kind::Float);
         let mut theirs = nn::AdamW { wd: 0.05, ..Default::default() }.build(&theirs_vs, 0.1).unwrap();
         for step in 0..4 {
             let lr = 0.1 / (step + 1) as f64;
@@ -273,7 +350,7 @@ mod tests {
         let stored = ours_vs.variables()["a"].shallow_clone();
         assert_eq!((stored - &a1).abs().max().double_value(&[]), 0.0);
         let state = ours.state();
-        let mut again = AdamW::new(ours_vs.variables().into_iter().collect(), 0.05);
+        let mut again = AdamW::new(ours_vs.variables().into_iter().collect(), 0.05, Kind::Float);
         again.restore(&state, ours.step).unwrap();
         for (k, t) in again.state() {
             assert_eq!((t - &state[&k]).abs().max().double_value(&[]), 0.0, "{k}");
@@ -283,7 +360,7 @@ mod tests {
     #[test]
     fn one_step_matches_the_adamw_formula() {
         let p = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
-        let mut opt = AdamW::new([("p".to_string(), p.shallow_clone())].into(), 0.1);
+        let mut opt = AdamW::new([("p".to_string(), p.shallow_clone())].into(), 0.1, Kind::Float);
         let loss = (&p * &p).sum(Kind::Float);
         loss.backward();
         opt.update(0.01, &loss);
@@ -300,7 +377,7 @@ mod tests {
     #[test]
     fn a_non_finite_step_is_skipped_on_the_device() {
         let p = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
-        let mut opt = AdamW::new([("p".to_string(), p.shallow_clone())].into(), 0.1);
+        let mut opt = AdamW::new([("p".to_string(), p.shallow_clone())].into(), 0.1, Kind::Float);
         let before = p.detach().copy();
         // A NaN loss with NaN gradients (and clipping on, whose coefficient is NaN too).
         let loss = (&p * f64::NAN).sum(Kind::Float);
@@ -322,14 +399,53 @@ mod tests {
         assert!((got[0] as f64 - (1.0 * (1.0 - 0.001) - 0.01)).abs() < 1e-6, "{got:?}");
     }
 
+    /// bf16 weights: the parameters are bf16 copies of fp32 masters; the update is the fp32
+    /// one on the masters (from bf16 gradients), so a change below bf16's resolution is kept
+    /// there while the copy rounds it away; [`AdamW::finish`] hands back the fp32 values.
+    #[test]
+    fn bf16_weights_update_fp32_masters() {
+        let start = [1.0f32, -2.0, 0.3];
+        let p = Tensor::from_slice(&start).set_requires_grad(true);
+        let mut opt = AdamW::new([("p".to_string(), p.shallow_clone())].into(), 0.0, Kind::BFloat16);
+        assert_eq!(p.kind(), Kind::BFloat16);
+        let theirs = Tensor::from_slice(&start).set_requires_grad(true);
+        let mut fp32 = AdamW::new([("p".to_string(), theirs.shallow_clone())].into(), 0.0, Kind::Float);
+        for step in 0..3 {
+            for (opt, p) in [(&mut opt, &p), (&mut fp32, &theirs)] {
+                let loss = (p * p).sum(Kind::Float);
+                loss.backward();
+                let _ = opt.clip_grad_norm(1.0);
+                opt.update(1e-4, &loss);
+                opt.zero_grad();
+            }
+            let masters = opt.masters()["p"].shallow_clone();
+            assert_eq!(masters.kind(), Kind::Float);
+            // The same update (bf16 gradients of ±2, ±4, ±0.6 are exact; AdamW's first steps
+            // move by lr whatever the gradient's size).
+            let d = (&masters - &theirs.detach()).abs().max().double_value(&[]);
+            assert!(d < 1e-7, "step {step}: masters {masters:?} vs fp32 {theirs:?}");
+            // 3 × 1e-4 is below bf16's step at 1.0 (2^-7): the copy still reads 1.0 and -2.0.
+            let copy: Vec<f32> = Vec::try_from(&p.detach().to_kind(Kind::Float)).unwrap();
+            assert_eq!(&copy[..2], &[1.0, -2.0], "step {step}");
+        }
+        let moved: Vec<f32> = Vec::try_from(&opt.masters()["p"]).unwrap();
+        assert!(moved[0] < 1.0 && moved[1] > -2.0, "the masters moved: {moved:?}");
+        opt.finish();
+        assert_eq!(p.kind(), Kind::Float);
+        assert_eq!(Vec::<f32>::try_from(&p.detach()).unwrap(), moved);
+    }
+
     /// Backward writes straight into the flat gradient buffer: each parameter's `.grad` is a view
     /// of it, across steps and zeroing.
     #[test]
     fn gradients_accumulate_in_the_flat_buffer() {
         let a = Tensor::from_slice(&[1.0f32, 2.0, 3.0]).set_requires_grad(true);
         let b = Tensor::from_slice(&[4.0f32]).set_requires_grad(true);
-        let mut opt =
-            AdamW::new([("a".to_string(), a.shallow_clone()), ("b".to_string(), b.shallow_clone())].into(), 0.0);
+        let mut opt = AdamW::new(
+            [("a".to_string(), a.shallow_clone()), ("b".to_string(), b.shallow_clone())].into(),
+            0.0,
+            Kind::Float,
+        );
         for _ in 0..2 {
             opt.zero_grad();
             ((&a * &a).sum(Kind::Float) + &b * 3.0).sum(Kind::Float).backward();

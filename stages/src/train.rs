@@ -115,6 +115,13 @@ pub struct TrainParams {
     /// and AdamW's moments fp32 throughout. `fp16` is refused (T5 overflows in it).
     #[serde(default)]
     pub dtype: DtypeChoice,
+    /// With bf16 compute: the model's weights themselves in bf16 — copies of fp32 master
+    /// weights, which AdamW updates — instead of autocast over fp32 weights. Activations and
+    /// gradients stay bf16 (no casts at every operation); norms, attention's softmax and the
+    /// loss still accumulate in fp32; the artifact holds the fp32 masters. (Left out of the
+    /// canonical params when off, so the caches of runs from before it still hit.)
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bf16_weights: bool,
 }
 
 fn one() -> u64 {
@@ -148,14 +155,35 @@ pub enum Method {
     Lora,
 }
 
+/// How a training step computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// fp32 throughout.
+    Fp32,
+    /// bf16 autocast over fp32 weights.
+    Autocast,
+    /// bf16 weights, copies of fp32 masters (`bf16_weights`).
+    Bf16Weights,
+}
+
 impl TrainParams {
-    /// Whether the forward pass runs under bf16 autocast on `device`.
-    fn bf16(&self, device: Device) -> bool {
-        match self.dtype {
+    /// How steps compute on `device`.
+    pub fn precision(&self, device: Device) -> Precision {
+        let bf16 = match self.dtype {
             DtypeChoice::Auto => device.is_cuda(),
             DtypeChoice::Bf16 => true,
             DtypeChoice::Fp32 | DtypeChoice::Fp16 => false,
+        };
+        match (bf16, self.bf16_weights) {
+            (false, _) => Precision::Fp32,
+            (true, false) => Precision::Autocast,
+            (true, true) => Precision::Bf16Weights,
         }
+    }
+
+    /// Whether the forward pass runs under bf16 autocast on `device`.
+    fn autocast(&self, device: Device) -> bool {
+        self.precision(device) == Precision::Autocast
     }
 }
 
@@ -328,12 +356,13 @@ impl Checkpoints {
         StageError::io(&self.dir, e)
     }
 
-    fn save(&self, trainable: &nn::VarStore, opt: &AdamW, progress: &Progress) -> Result<(), StageError> {
+    fn save(&self, opt: &AdamW, progress: &Progress) -> Result<(), StageError> {
         let name = format!("ckpt-{}", progress.step);
         let tmp = self.dir.join(format!("{name}.tmp"));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| self.io(e))?;
-        weights::save(&weights::variables(trainable), &tmp.join("trainable.safetensors"))?;
+        // The fp32 weights: with bf16 weights, the masters.
+        weights::save(&opt.masters(), &tmp.join("trainable.safetensors"))?;
         weights::save(&opt.state(), &tmp.join("optimizer.safetensors"))?;
         std::fs::write(tmp.join("progress.json"), serde_json::to_vec(progress).expect("progress serializes"))
             .map_err(|e| self.io(e))?;
@@ -352,10 +381,11 @@ impl Checkpoints {
         Ok(())
     }
 
-    fn load(&self, trainable: &nn::VarStore, opt: &mut AdamW) -> Result<Option<Progress>, StageError> {
+    fn load(&self, opt: &mut AdamW) -> Result<Option<Progress>, StageError> {
         let Ok(name) = std::fs::read_to_string(self.dir.join("latest")) else { return Ok(None) };
         let dir = self.dir.join(name.trim());
-        weights::load(trainable, &dir.join("trainable.safetensors"))?;
+        weights::load_into(opt.masters(), &dir.join("trainable.safetensors"))?;
+        opt.masters_changed();
         let state: BTreeMap<String, Tensor> = Tensor::read_safetensors(dir.join("optimizer.safetensors"))
             .map_err(|e| StageError::data(dir.display().to_string(), e.to_string()))?
             .into_iter()
@@ -370,7 +400,7 @@ impl Checkpoints {
 
 /// Mean loss over `tokens` in eval mode, summed on the device and read once.
 fn validation_loss(b: &Built, tokens: &TokenTable, p: &TrainParams, device: Device) -> f64 {
-    let bf16 = p.bf16(device);
+    let bf16 = p.autocast(device);
     tch::no_grad(|| {
         let mut sum = Tensor::zeros([], (Kind::Double, device));
         let mut n = 0usize;
@@ -388,6 +418,8 @@ fn validation_loss(b: &Built, tokens: &TokenTable, p: &TrainParams, device: Devi
 }
 
 /// Trains `b` on `train` as `p` says, checkpointing into `work`; returns the progress record.
+/// The trained weights are fp32 afterwards, also with bf16 weights (the masters; a LoRA base
+/// stays bf16).
 pub fn train(
     b: &Built,
     train: &TokenTable,
@@ -398,13 +430,26 @@ pub fn train(
 ) -> Result<Progress, StageError> {
     let device = b.trainable().device();
     let lr = p.lr.expect("defaults filled");
-    let mut opt = AdamW::new(weights::variables(b.trainable()), p.weight_decay.expect("defaults filled"));
+    let compute = match p.precision(device) {
+        Precision::Bf16Weights => Kind::BFloat16,
+        Precision::Fp32 | Precision::Autocast => Kind::Float,
+    };
+    if compute == Kind::BFloat16 && b.adapters.is_some() {
+        // A frozen base computes in bf16 too, for good: it does not train, so it needs no masters.
+        tch::no_grad(|| {
+            for (_, mut w) in b.base.variables() {
+                let low = w.to_kind(Kind::BFloat16);
+                w.set_data(&low);
+            }
+        });
+    }
+    let mut opt = AdamW::new(weights::variables(b.trainable()), p.weight_decay.expect("defaults filled"), compute);
     let per_epoch = batches(train, p.batch_tokens, p.max_batch_rows, p.seed, 0).len() as u64;
     // Like transformers' Trainer, `max_steps` overrides the epochs.
     let total = p.max_steps.unwrap_or(per_epoch * p.epochs);
     let ckpt = Checkpoints { dir: work.to_path_buf() };
     std::fs::create_dir_all(work).map_err(|e| StageError::io(work, e))?;
-    let mut progress = ckpt.load(b.trainable(), &mut opt)?.unwrap_or_default();
+    let mut progress = ckpt.load(&mut opt)?.unwrap_or_default();
     if progress.step > 0 {
         ctx.progress.message(&format!("resumed at step {}", progress.step));
     }
@@ -515,7 +560,7 @@ pub fn train(
             }
         }
         if p.checkpoint_every > 0 && progress.step % p.checkpoint_every == 0 && progress.step < total {
-            ckpt.save(b.trainable(), &opt, &progress)?;
+            ckpt.save(&opt, &progress)?;
         }
     }
     if let Some(v) = validation {
@@ -529,6 +574,9 @@ pub fn train(
     if let Some(g) = &graphs {
         ctx.progress.message(&format!("{} batch shapes captured as CUDA graphs", g.captured()));
     }
+    // The trained weights are the fp32 ones (with bf16 weights, the masters) for what follows.
+    drop(graphs);
+    opt.finish();
     Ok(progress)
 }
 
@@ -543,7 +591,7 @@ fn issue_step(
     [x, mask, y]: [&Tensor; 3],
     mark: &mut dyn FnMut(&'static str),
 ) -> Tensor {
-    let loss = autocast::bf16(device, p.bf16(device), || model.loss(x, mask, y, true));
+    let loss = autocast::bf16(device, p.autocast(device), || model.loss(x, mask, y, true));
     mark("forward");
     loss.backward();
     mark("backward");
@@ -662,6 +710,9 @@ pub fn check(method: Method, p: &TrainParams) -> Vec<ParamError> {
     }
     if p.lr.is_some_and(|lr| lr.is_nan() || lr <= 0.0) {
         errors.push(ParamError::new("lr", "must be positive"));
+    }
+    if p.bf16_weights && p.dtype == DtypeChoice::Fp32 {
+        errors.push(ParamError::new("bf16_weights", "needs bf16 compute (`dtype: bf16`, or `auto` on CUDA)"));
     }
     if p.dtype == DtypeChoice::Fp16 {
         errors.push(ParamError::new("dtype", "fp16 overflows in T5 and training has no loss scaling; use bf16"));
@@ -800,8 +851,71 @@ mod tests {
         assert!(bf16_g.iter().all(|g| g.isfinite().all().int64_value(&[]) == 1), "finite gradients in bf16");
     }
 
+    /// 32 rows in three length groups: sources of 6, 40 or 90 tokens, labels of 3 to 9 (with
+    /// graphs, batches of two padded shapes: 64- and 128-token sources).
+    fn three_lengths() -> TokenTable {
+        let rows = 32;
+        TokenTable {
+            ids: (0..rows).map(|i| i.to_string()).collect(),
+            input_ids: (0..rows)
+                .map(|i| (0..[6, 40, 90][i % 3]).map(|t| 2 + ((i * 7 + t * 3) % 97) as i32).chain([1]).collect())
+                .collect(),
+            labels: (0..rows)
+                .map(|i| (0..3 + i % 7).map(|t| 2 + ((i * 5 + t) % 97) as i32).chain([1]).collect())
+                .collect(),
+        }
+    }
+
+    /// A tiny model without dropout, with adapters for `method`, randomly initialized. The
+    /// global generator is shared with tests on other threads: runs copy one such model's
+    /// weights ([`like`]) rather than draw their own.
+    fn fresh(method: Method, device: Device) -> Built {
+        let mut base = nn::VarStore::new(device);
+        let mut config = crate::t5::config::T5Config::preset("tiny").unwrap();
+        config.vocab_size = 100;
+        let mut model = T5::new(&base.root(), config);
+        model.set_dropout(0.0);
+        let adapters = (method == Method::Lora).then(|| {
+            base.freeze();
+            let adapters = nn::VarStore::new(device);
+            let settings = LoraSettings { r: 4, dropout: 0.0, ..Default::default() };
+            lora::apply(&mut model, &adapters.root(), &settings);
+            adapters
+        });
+        Built { model, base, adapters, dir: PathBuf::new() }
+    }
+
+    /// A fresh model with `reference`'s weights.
+    fn like(method: Method, reference: &Built) -> Built {
+        let mut b = fresh(method, reference.base.device());
+        b.base.copy(&reference.base).unwrap();
+        if let (Some(a), Some(r)) = (&mut b.adapters, &reference.adapters) {
+            a.copy(r).unwrap();
+        }
+        b
+    }
+
+    /// Trains `b` with the params `yaml` adds to a small setup, in `work`; the step losses.
+    fn losses(method: Method, b: &Built, tokens: &TokenTable, yaml: &str, work: &Path) -> Vec<f64> {
+        let lr = if method == Method::Lora { 0.005 } else { 0.001 };
+        let p: TrainParams = serde_yaml::from_str(&format!(
+            "train: t\nmodel: m\nbatch_tokens: 400\nmax_batch_rows: 6\nlr: {lr}\nweight_decay: 0.01\nepochs: 3\n{yaml}"
+        ))
+        .unwrap();
+        assert!(check(method, &p).is_empty());
+        let ctx = StageContext::new("t", Default::default(), work.join("out"), work.to_path_buf(), &crate::NoProgress);
+        let progress = train(b, tokens, None, &p, work, &ctx).unwrap();
+        progress.losses.iter().map(|l| l.1).collect()
+    }
+
+    /// The trainable weights, by name, as fp32.
+    fn trained(b: &Built) -> Vec<(String, Tensor)> {
+        weights::variables(b.trainable()).into_iter().map(|(n, t)| (n, t.to_kind(Kind::Float))).collect()
+    }
+
     /// CUDA graphs replay the eager step: step by step the same losses (dropout off, bf16
-    /// autocast as shipped), full and LoRA, over batches of a few shapes that each come back.
+    /// autocast as shipped, and bf16 weights), full and LoRA, over batches of a few shapes that
+    /// each come back.
     /// Needs CUDA (a GPU session runs it: `benchmarks/gpu-session.sh … graphs`); on the CPU,
     /// where `cuda_graphs` is ignored, it checks only its own setup.
     #[test]
@@ -810,69 +924,63 @@ mod tests {
         if device == Device::Cpu {
             eprintln!("no CUDA device: both runs are eager; the CUDA graph test checks only its setup");
         }
-        // 32 rows in three length groups: sources of 6, 40 or 90 tokens, labels of 3 to 9 (with
-        // graphs, batches of two padded shapes: 64- and 128-token sources).
-        let rows = 32;
-        let tokens = TokenTable {
-            ids: (0..rows).map(|i| i.to_string()).collect(),
-            input_ids: (0..rows)
-                .map(|i| (0..[6, 40, 90][i % 3]).map(|t| 2 + ((i * 7 + t * 3) % 97) as i32).chain([1]).collect())
-                .collect(),
-            labels: (0..rows)
-                .map(|i| (0..3 + i % 7).map(|t| 2 + ((i * 5 + t) % 97) as i32).chain([1]).collect())
-                .collect(),
-        };
-        // A model with adapters for `method`, randomly initialized (the global generator is
-        // shared with tests on other threads: runs copy one reference's weights instead).
-        let fresh = |method: Method| {
-            let mut base = nn::VarStore::new(device);
-            let mut config = crate::t5::config::T5Config::preset("tiny").unwrap();
-            config.vocab_size = 100;
-            let mut model = T5::new(&base.root(), config);
-            model.set_dropout(0.0);
-            let adapters = (method == Method::Lora).then(|| {
-                base.freeze();
-                let adapters = nn::VarStore::new(device);
-                let settings = LoraSettings { r: 4, dropout: 0.0, ..Default::default() };
-                lora::apply(&mut model, &adapters.root(), &settings);
-                adapters
-            });
-            Built { model, base, adapters, dir: PathBuf::new() }
-        };
-        let run = |method: Method, reference: &Built, graphs: bool| -> Vec<f64> {
-            let lr = if method == Method::Lora { 0.005 } else { 0.001 };
-            let mut b = fresh(method);
-            b.base.copy(&reference.base).unwrap();
-            if let (Some(a), Some(r)) = (&mut b.adapters, &reference.adapters) {
-                a.copy(r).unwrap();
-            }
-            let p: TrainParams = serde_yaml::from_str(&format!(
-                "train: t\nmodel: m\nmax_steps: 12\nbatch_tokens: 400\nmax_batch_rows: 6\npad_to_multiple_of: 64\n\
-                 pad_labels_to_multiple_of: 16\ncuda_graphs: {graphs}\nlr: {lr}\nweight_decay: 0.01\ncheckpoint_every: 0\nepochs: 3"
-            ))
-            .unwrap();
-            assert!(check(method, &p).is_empty());
+        let tokens = three_lengths();
+        let run = |method: Method, reference: &Built, precision: &str, graphs: bool| -> Vec<f64> {
             let dir = tempfile::tempdir().unwrap();
-            let ctx = StageContext::new(
-                "t",
-                Default::default(),
-                dir.path().join("out"),
-                dir.path().join("work"),
-                &crate::NoProgress,
+            let yaml = format!(
+                "max_steps: 12\npad_to_multiple_of: 64\npad_labels_to_multiple_of: 16\ncuda_graphs: {graphs}\ncheckpoint_every: 0\n{precision}"
             );
-            let progress = train(&b, &tokens, None, &p, &dir.path().join("work"), &ctx).unwrap();
-            progress.losses.iter().map(|l| l.1).collect()
+            losses(method, &like(method, reference), &tokens, &yaml, &dir.path().join("work"))
         };
-        for method in [Method::Full, Method::Lora] {
-            let reference = fresh(method);
-            let (eager, graphed) = (run(method, &reference, false), run(method, &reference, true));
-            assert_eq!((eager.len(), graphed.len()), (12, 12));
-            for (step, (e, g)) in eager.iter().zip(&graphed).enumerate() {
-                assert!((e - g).abs() <= 2e-3 * e.abs(), "{method:?} step {}: eager {e}, graphed {g}", step + 1);
+        for precision in ["", "dtype: bf16\nbf16_weights: true"] {
+            for method in [Method::Full, Method::Lora] {
+                let reference = fresh(method, device);
+                let what = format!("{method:?}, {}", if precision.is_empty() { "as shipped" } else { "bf16 weights" });
+                let (eager, graphed) =
+                    (run(method, &reference, precision, false), run(method, &reference, precision, true));
+                assert_eq!((eager.len(), graphed.len()), (12, 12));
+                for (step, (e, g)) in eager.iter().zip(&graphed).enumerate() {
+                    assert!((e - g).abs() <= 2e-3 * e.abs(), "{what} step {}: eager {e}, graphed {g}", step + 1);
+                }
+                let mean = |l: &[f64]| l.iter().sum::<f64>() / l.len() as f64;
+                assert!(mean(&eager[8..]) < mean(&eager[..4]), "{what} trains: {eager:?}");
+                eprintln!("{what}: eager {eager:?}\n{what}: graphed {graphed:?}");
             }
-            let mean = |l: &[f64]| l.iter().sum::<f64>() / l.len() as f64;
-            assert!(mean(&eager[8..]) < mean(&eager[..4]), "{method:?} trains: {eager:?}");
-            eprintln!("{method:?}: eager {eager:?}\n{method:?}: graphed {graphed:?}");
+        }
+    }
+
+    /// bf16 weights (`bf16_weights`): losses track autocast's, the trained weights come back as
+    /// the fp32 masters, and a run resumed from a checkpoint continues exactly — the masters,
+    /// not their bf16 copy, are what checkpoints hold.
+    #[test]
+    fn bf16_weights_track_autocast_and_resume_exactly() {
+        let tokens = three_lengths();
+        let bf16 = "dtype: bf16\nbf16_weights: true\nmax_steps: 6\ncheckpoint_every: 3";
+        for method in [Method::Full, Method::Lora] {
+            let reference = fresh(method, Device::Cpu);
+            let dir = tempfile::tempdir().unwrap();
+            let autocast =
+                losses(method, &like(method, &reference), &tokens, "dtype: bf16\nmax_steps: 6", &dir.path().join("a"));
+            let whole = like(method, &reference);
+            let work = dir.path().join("b");
+            let straight = losses(method, &whole, &tokens, bf16, &work);
+            for (step, (a, b)) in autocast.iter().zip(&straight).enumerate() {
+                assert!(
+                    (a - b).abs() <= 0.02 * a.abs(),
+                    "{method:?} step {}: autocast {a}, bf16 weights {b}",
+                    step + 1
+                );
+            }
+            assert!(trained(&whole).iter().all(|(_, t)| t.kind() == Kind::Float));
+            // Its work folder keeps the step-3 checkpoint: a second run resumes there.
+            let resumed = like(method, &reference);
+            assert_eq!(losses(method, &resumed, &tokens, bf16, &work), straight, "{method:?}");
+            for ((name, a), (_, b)) in trained(&whole).iter().zip(trained(&resumed)) {
+                assert_eq!((a - b).abs().max().double_value(&[]), 0.0, "{method:?} {name}");
+            }
+            // The masters hold what bf16 cannot: not every trained weight is a bf16 value.
+            let (_, w) = &trained(&whole)[0];
+            assert!(w.ne_tensor(&w.to_kind(Kind::BFloat16).to_kind(Kind::Float)).any().int64_value(&[]) == 1);
         }
     }
 }

@@ -18,11 +18,16 @@ fn tch_err(path: &Path, e: tch::TchError) -> StageError {
 /// must be present with the right shape; `encoder.embed_tokens.weight` stands in for a missing
 /// `shared.weight`. Extra tensors in the file are ignored.
 pub fn load(vs: &nn::VarStore, path: &Path) -> Result<(), StageError> {
+    load_into(vs.variables(), path)
+}
+
+/// [`load`] into any named tensors (e.g. views of a flat buffer), converting dtypes.
+pub fn load_into(targets: impl IntoIterator<Item = (String, Tensor)>, path: &Path) -> Result<(), StageError> {
     let tensors: HashMap<String, Tensor> =
         Tensor::read_safetensors(path).map_err(|e| tch_err(path, e))?.into_iter().collect();
     let mut missing = Vec::new();
     tch::no_grad(|| {
-        for (name, mut var) in vs.variables() {
+        for (name, mut var) in targets {
             let src = tensors
                 .get(&name)
                 .or_else(|| (name == "shared.weight").then(|| tensors.get("encoder.embed_tokens.weight")).flatten());

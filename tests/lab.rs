@@ -238,6 +238,16 @@ fn the_lab_pipeline_runs_offline_end_to_end() {
         assert!(seconds > 0.0, "{}", row(id));
         let mb: f64 = cells[5].trim_end_matches(" MB").parse().unwrap_or_else(|_| panic!("{}", row(id)));
         assert!(mb > 10.0, "a training or generation stage holds a model: {}", row(id));
+        // Where a model stage's time went: parts that add up to no more than the stage's time.
+        let parts = cells[6].split("seconds: ").nth(1).unwrap_or_else(|| panic!("no time parts: {}", row(id)));
+        let part = |name: &str| -> f64 {
+            parts.split(", ").find_map(|p| p.strip_prefix(name)).map_or(0.0, |v| v.trim().parse().unwrap())
+        };
+        let named = if id == "full" || id == "lora" { "steps " } else { "generating " };
+        assert!(part("loading ") > 0.0 && part(named) > 0.0, "{}", row(id));
+        let sum: f64 =
+            ["loading ", "steps ", "validation ", "checkpoints ", "saving ", "generating "].map(part).iter().sum();
+        assert!(sum <= seconds + 0.02, "parts {sum} s in a {seconds} s stage: {}", row(id));
     }
     // Upstream of the report: load, 3 subsamples, 2 tokenizes, 2 trainings, 3 generates, the join.
     assert!(md.contains("12 stages upstream: 3 ran in this run"), "{md}");

@@ -379,6 +379,7 @@ impl Stage for Generate {
         }
     }
     fn run(&self, p: &GenerateParams, ctx: &StageContext) -> Result<(), StageError> {
+        let start = std::time::Instant::now();
         let table = Table::read_artifact(ctx.input("input")?)?;
         let source = format!("input {}", p.input);
         let ids = row_ids(&table, &p.id_column, &source)?;
@@ -391,12 +392,13 @@ impl Stage for Generate {
             (None, None) => None,
         };
         let m = open(&model_ref::resolve(&p.model, ctx)?, adapter.as_deref(), p.device, p.dtype, p.force_fp16)?;
+        ctx.record("load_seconds", start.elapsed().as_secs_f64());
         ctx.progress.message("generating");
         let g = summarize(&m, &prompts, &p.options(), ctx.progress)?;
         ctx.record("rows", prompts.len() as f64);
         ctx.record("dialogues", g.distinct as f64);
         ctx.record("new_tokens", g.new_tokens as f64);
-        ctx.record("seconds", g.seconds);
+        ctx.record("generation_seconds", g.seconds);
         ctx.record("dialogues_per_s", g.distinct as f64 / g.seconds.max(1e-9));
         ctx.record("new_tokens_per_s", g.new_tokens as f64 / g.seconds.max(1e-9));
         ctx.record("truncated_sources", g.truncated as f64);

@@ -293,6 +293,17 @@ fn topic_plot(topics: &[(String, usize, Vec<f64>)], models: &[String]) -> Result
     Ok(svg)
 }
 
+/// The parts of a model stage's time its figures give: (figure, name in the report).
+const TIME_PARTS: [(&str, &str); 7] = [
+    ("load_seconds", "loading"),
+    ("step_seconds", "steps"),
+    ("capture_seconds", "of which captures"),
+    ("validation_seconds", "validation"),
+    ("checkpoint_seconds", "checkpoints"),
+    ("save_seconds", "saving"),
+    ("generation_seconds", "generating"),
+];
+
 /// Time and peak memory of the stages upstream of the report.
 fn stage_grid(upstream: &[StageRecord]) -> Grid {
     Grid {
@@ -300,10 +311,18 @@ fn stage_grid(upstream: &[StageRecord]) -> Grid {
         rows: upstream
             .iter()
             .map(|r| {
-                let figures: Vec<String> = ["steps", "final_loss", "mean_tokens_per_s", "dialogues_per_s"]
+                let mut figures: Vec<String> = ["steps", "final_loss", "mean_tokens_per_s", "dialogues_per_s"]
                     .iter()
                     .filter_map(|k| r.stats.get(*k).map(|v| format!("{} {}", k.replace('_', " "), round(*v))))
                     .collect();
+                // Where the stage's time went, where it says (model stages).
+                let parts: Vec<String> = TIME_PARTS
+                    .iter()
+                    .filter_map(|(k, name)| r.stats.get(*k).filter(|v| **v >= 0.005).map(|v| format!("{name} {v:.2}")))
+                    .collect();
+                if !parts.is_empty() {
+                    figures.push(format!("seconds: {}", parts.join(", ")));
+                }
                 vec![
                     r.id.clone(),
                     r.kind.clone(),

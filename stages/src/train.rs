@@ -465,6 +465,7 @@ pub fn train(
         _ => None,
     };
     let padding = Padding::for_training(p, graphs.is_some());
+    let mut spent = Spent::default();
     // The epoch's batches and the shapes they run in (with graphs, rare shapes in larger ones).
     let mut epoch: Option<(u64, Vec<Vec<usize>>, ShapePlan)> = None;
     let mut taken = 0;
@@ -502,6 +503,7 @@ pub fn train(
         // The schedule counts optimizer steps; a batch whose loss is not finite is not one.
         let step_lr = linear_schedule(progress.step, p.warmup_steps, total, lr);
         opt.prepare(step_lr);
+        let shapes_before = graphs.as_ref().map_or(0, CudaGraphs::captured);
         let captured = match &mut graphs {
             // The run's first step is eager: libtorch sets up cuBLAS and autograd's device
             // threads lazily, which a capture cannot hold.
@@ -531,6 +533,11 @@ pub fn train(
         // see its gradients.
         let value = loss.double_value(&[]);
         mark("loss read");
+        let seconds = t0.elapsed().as_secs_f64();
+        spent.steps += seconds;
+        if graphs.as_ref().map_or(0, CudaGraphs::captured) > shapes_before {
+            spent.captures += seconds;
+        }
         progress.batch += 1;
         if !value.is_finite() {
             bad += 1;
@@ -551,23 +558,30 @@ pub fn train(
             t.after_step(taken, false);
         }
         progress.step += 1;
-        progress.losses.push((progress.step, value, step_lr, tokens as f64 / t0.elapsed().as_secs_f64()));
+        progress.losses.push((progress.step, value, step_lr, tokens as f64 / seconds));
         ctx.progress.inc(1);
         ctx.progress.message(&format!("loss {value:.4}"));
         if let Some(v) = validation {
             if p.eval_every > 0 && progress.step % p.eval_every == 0 {
+                let t = Instant::now();
                 progress.validation.push((progress.step, validation_loss(b, v, p, device)));
+                spent.validation += t.elapsed().as_secs_f64();
             }
         }
         if p.checkpoint_every > 0 && progress.step % p.checkpoint_every == 0 && progress.step < total {
+            let t = Instant::now();
             ckpt.save(&opt, &progress)?;
+            spent.checkpoints += t.elapsed().as_secs_f64();
         }
     }
     if let Some(v) = validation {
         if progress.validation.last().is_none_or(|(s, _)| *s != progress.step) {
+            let t = Instant::now();
             progress.validation.push((progress.step, validation_loss(b, v, p, device)));
+            spent.validation += t.elapsed().as_secs_f64();
         }
     }
+    spent.record(ctx);
     if let Some(profile) = &profile {
         eprint!("{}", profile.report());
     }
@@ -578,6 +592,26 @@ pub fn train(
     drop(graphs);
     opt.finish();
     Ok(progress)
+}
+
+/// Where a training run's time went (seconds), for the run's manifest and the report.
+#[derive(Default)]
+struct Spent {
+    /// Every step: issuing it and waiting for its loss.
+    steps: f64,
+    /// Of those, the steps that captured a new shape's CUDA graph.
+    captures: f64,
+    validation: f64,
+    checkpoints: f64,
+}
+
+impl Spent {
+    fn record(&self, ctx: &StageContext) {
+        ctx.record("step_seconds", self.steps);
+        ctx.record("capture_seconds", self.captures);
+        ctx.record("validation_seconds", self.validation);
+        ctx.record("checkpoint_seconds", self.checkpoints);
+    }
 }
 
 /// Issues one training step on `batch` (sources, mask, labels) — forward, backward, clipping,
@@ -660,6 +694,7 @@ pub fn save(built: &Built, p: &TrainParams, out: &Path) -> Result<(), StageError
 
 /// Runs either stage: build for the method, train, write the artifact.
 fn run(method: Method, p: &TrainParams, ctx: &StageContext) -> Result<(), StageError> {
+    let start = Instant::now();
     let device = device::device(p.device)?;
     let dir = model_ref::resolve(&p.model, ctx)?;
     let train_tokens = TokenTable::read(ctx.input("train")?)?;
@@ -668,6 +703,7 @@ fn run(method: Method, p: &TrainParams, ctx: &StageContext) -> Result<(), StageE
         None => None,
     };
     let built = build(method, &dir, p, device)?;
+    ctx.record("load_seconds", start.elapsed().as_secs_f64());
     let t0 = Instant::now();
     let progress = train(&built, &train_tokens, validation.as_ref(), p, &ctx.work_dir, ctx)?;
     let seconds = t0.elapsed().as_secs_f64();
@@ -685,8 +721,11 @@ fn run(method: Method, p: &TrainParams, ctx: &StageContext) -> Result<(), StageE
         Method::Full => "model",
         Method::Lora => "adapter",
     })?;
+    let t = Instant::now();
     save(&built, p, &out)?;
-    write_record(&out, &built, &progress)
+    write_record(&out, &built, &progress)?;
+    ctx.record("save_seconds", t.elapsed().as_secs_f64());
+    Ok(())
 }
 
 fn inputs(p: &TrainParams) -> Vec<InputSlot> {

@@ -9,6 +9,7 @@
 #   bash benchmarks/gpu-session.sh DATA OUT bench-graphs  # `bench` with CUDA graphs, beside Python
 #   bash benchmarks/gpu-session.sh DATA OUT lab-eager  # the lab pipeline without CUDA graphs
 #   bash benchmarks/gpu-session.sh DATA OUT weights # training with bf16 weights; then the lab with them
+#   bash benchmarks/gpu-session.sh DATA OUT trace   # traces of eager steps, autocast and bf16 weights
 #   bash benchmarks/gpu-session.sh DATA OUT check   # all of them, tiny and short, on the CPU (a dry run)
 #
 # DATA holds `dialogsum/` and `lab-results/` (a copy of ../shared/data: the device machine gets
@@ -125,6 +126,18 @@ if [ "$what" = weights ] || [ "$what" = check ]; then
   "$sumflow" run pipelines/dialogsum-flan-t5.yaml --set model="$model" --set data="$data/dialogsum" \
     --set device=$device "${lab[@]}" --set bf16_weights=true \
     2> >(tee "$out/lab-weights-stderr.txt" >&2) | tee "$out/lab-weights-stdout.txt"
+fi
+if [ "$what" = trace ] || [ "$what" = check ]; then
+  # Where an eager training step's device time goes now (self-attention fused): libtorch's
+  # profiler over steps 3–5 of each method (`SUMFLOW_TRACE`), with bf16 autocast as shipped and
+  # with bf16 weights, condensed by python/trace_summary.py.
+  one=(--model "$model" --device $device --data "$data/dialogsum" --results "$data/lab-results/dialogue-summary-training-results.csv" --generate 0 --generate-one-at-a-time 0 --train-steps 6 --dtype bf16)
+  try() { "$@" || echo "FAILED (exit $?): $*"; }
+  { for weights in "" --bf16-weights; do
+      rm -rf /tmp/sumflow-trace-w
+      SUMFLOW_TRACE=/tmp/sumflow-trace-w try "$sumflow" bench "${one[@]}" $weights
+      for t in /tmp/sumflow-trace-w/*.json; do [ -f "$t" ] && try "$PYTHON" python/trace_summary.py "$t" 3; done
+    done; } 2>&1 | tee "$out/trace.txt"
 fi
 if [ "$what" = lab-eager ] || [ "$what" = check ]; then
   # After `lab` (its cache): the data stages are reused; the model stages run again, eagerly.

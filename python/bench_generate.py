@@ -45,7 +45,7 @@ def main():
         mode = "one at a time" if p.get("one_at_a_time") else "batched"
         name = f"sumflow {sid} ({mode}, {p.get('dtype', 'auto')})"
         rate = st["dialogues_per_s"]
-        print(f"{name:52} {int(st['dialogues']):9d} {st['seconds']:8.1f} {rate:12.2f} {st['new_tokens_per_s']:10.0f} {rate / py_rate:11.2f}x")
+        print(f"{name:52} {int(st['dialogues']):9d} {st['generation_seconds']:8.1f} {rate:12.2f} {st['new_tokens_per_s']:10.0f} {rate / py_rate:11.2f}x")
 
 
 if __name__ == "__main__":

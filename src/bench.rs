@@ -245,7 +245,7 @@ mod imp {
             if method == Method::Lora { "lora: {r: 32, alpha: 32, dropout: 0.05, targets: [q, v]}\n" } else { "" };
         let mut p: TrainParams = serde_yaml::from_str(&format!(
             "train: t\nmodel: {}\nmax_steps: {}\nbatch_tokens: {}\nmax_batch_rows: {}\npad_to_multiple_of: {}\n\
-             cuda_graphs: {}\ncheckpoint_every: 0\n{lora}",
+             cuda_graphs: {}\ncheckpoint_every: 0\ncheckpoint_minutes: 0\n{lora}",
             o.model.display(),
             o.train_steps,
             o.batch_tokens,

@@ -98,9 +98,15 @@ pub struct TrainParams {
     /// Validation every this many steps (0: at the end only).
     #[serde(default)]
     pub eval_every: u64,
-    /// A checkpoint every this many steps (0: none).
-    #[serde(default = "d200")]
+    /// A checkpoint every this many steps (0: not by steps).
+    #[serde(default)]
     pub checkpoint_every: u64,
+    /// A checkpoint once this many minutes passed since the last one, or since training began
+    /// (0: not by time). By time rather than steps by default: a flan-t5-base checkpoint (fp32
+    /// weights and AdamW moments, 3 GB, fsynced) takes seconds to write, which on a GPU is the
+    /// time of dozens of steps; a run killed loses at most this long.
+    #[serde(default = "d10")]
+    pub checkpoint_minutes: f64,
     /// Override the model's dropout rate (e.g. 0 for reproducible comparisons).
     #[serde(default)]
     pub dropout: Option<f64>,
@@ -139,8 +145,8 @@ fn d16k() -> usize {
 fn d64() -> usize {
     64
 }
-fn d200() -> u64 {
-    200
+fn d10() -> f64 {
+    10.0
 }
 fn d5() -> u32 {
     5
@@ -466,6 +472,7 @@ pub fn train(
     };
     let padding = Padding::for_training(p, graphs.is_some());
     let mut spent = Spent::default();
+    let mut last_checkpoint = Instant::now();
     // The epoch's batches and the shapes they run in (with graphs, rare shapes in larger ones).
     let mut epoch: Option<(u64, Vec<Vec<usize>>, ShapePlan)> = None;
     let mut taken = 0;
@@ -568,10 +575,14 @@ pub fn train(
                 spent.validation += t.elapsed().as_secs_f64();
             }
         }
-        if p.checkpoint_every > 0 && progress.step % p.checkpoint_every == 0 && progress.step < total {
+        let by_steps = p.checkpoint_every > 0 && progress.step % p.checkpoint_every == 0;
+        let by_time =
+            p.checkpoint_minutes > 0.0 && last_checkpoint.elapsed().as_secs_f64() >= p.checkpoint_minutes * 60.0;
+        if (by_steps || by_time) && progress.step < total {
             let t = Instant::now();
             ckpt.save(&opt, &progress)?;
             spent.checkpoints += t.elapsed().as_secs_f64();
+            last_checkpoint = Instant::now();
         }
     }
     if let Some(v) = validation {
@@ -761,6 +772,9 @@ pub fn check(method: Method, p: &TrainParams) -> Vec<ParamError> {
     }
     if p.dropout.is_some_and(|d| !(0.0..1.0).contains(&d)) {
         errors.push(ParamError::new("dropout", "must be in [0, 1)"));
+    }
+    if !(p.checkpoint_minutes >= 0.0 && p.checkpoint_minutes.is_finite()) {
+        errors.push(ParamError::new("checkpoint_minutes", "must be a number of minutes, 0 or more"));
     }
     if p.pad_to_multiple_of == 0 {
         errors.push(ParamError::new("pad_to_multiple_of", "must be at least 1"));
@@ -986,6 +1000,27 @@ mod tests {
                 eprintln!("{what}: eager {eager:?}\n{what}: graphed {graphed:?}");
             }
         }
+    }
+
+    /// Checkpoints come by time by default (`checkpoint_minutes`, 10), by steps when asked, and
+    /// never at the last step: a short run writes none; a run whose minutes are up after every
+    /// step writes one after each but the last (the folder keeps the newest); `0` turns the time off.
+    #[test]
+    fn checkpoints_come_by_time_or_by_steps() {
+        let tokens = three_lengths();
+        let reference = fresh(Method::Lora, Device::Cpu);
+        let latest = |yaml: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let work = dir.path().join("work");
+            losses(Method::Lora, &like(Method::Lora, &reference), &tokens, &format!("max_steps: 4\n{yaml}"), &work);
+            std::fs::read_to_string(work.join("latest")).ok()
+        };
+        assert_eq!(latest(""), None, "10 minutes are not up");
+        assert_eq!(latest("checkpoint_minutes: 0.000001").as_deref(), Some("ckpt-3"));
+        assert_eq!(latest("checkpoint_every: 2").as_deref(), Some("ckpt-2"));
+        assert_eq!(latest("checkpoint_every: 0\ncheckpoint_minutes: 0").as_deref(), None);
+        let p: TrainParams = serde_yaml::from_str("train: t\nmodel: m\ncheckpoint_minutes: -1").unwrap();
+        assert_eq!(check(Method::Full, &p)[0].field, "checkpoint_minutes");
     }
 
     /// bf16 weights (`bf16_weights`): losses track autocast's, the trained weights come back as

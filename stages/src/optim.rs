@@ -108,7 +108,7 @@ impl AdamW {
 
     /// The fp32 weights by name (views): the parameters themselves, or their masters.
     pub fn masters(&self) -> BTreeMap<String, Tensor> {
-        self.named(&self.flat)
+        views(&self.flat, &self.layout).map(|(name, t)| (name.clone(), t)).collect()
     }
 
     /// After the masters were written (a resumed checkpoint): the parameters' bf16 copy
@@ -140,17 +140,6 @@ impl AdamW {
                 g32.shallow_clone()
             }
         }
-    }
-
-    /// Views of a flat buffer, by parameter name.
-    fn named(&self, flat: &Tensor) -> BTreeMap<String, Tensor> {
-        self.layout
-            .iter()
-            .map(|(name, shape, offset)| {
-                let n: i64 = shape.iter().product();
-                (name.clone(), flat.narrow(0, *offset, n).view(shape.as_slice()))
-            })
-            .collect()
     }
 
     /// One update at learning rate `lr` from the parameters' gradients: [`AdamW::prepare`],
@@ -231,23 +220,20 @@ impl AdamW {
 
     /// The moments, named `m.<param>` and `v.<param>`, for a checkpoint.
     pub fn state(&self) -> BTreeMap<String, Tensor> {
-        let m = self.named(&self.m).into_iter().map(|(name, t)| (format!("m.{name}"), t));
-        let v = self.named(&self.v).into_iter().map(|(name, t)| (format!("v.{name}"), t));
+        let m = views(&self.m, &self.layout).map(|(name, t)| (format!("m.{name}"), t));
+        let v = views(&self.v, &self.layout).map(|(name, t)| (format!("v.{name}"), t));
         m.chain(v).collect()
     }
 
     /// Restores moments saved by [`AdamW::state`] after `step` updates.
     pub fn restore(&mut self, state: &BTreeMap<String, Tensor>, step: i64) -> Result<(), String> {
         tch::no_grad(|| {
-            for (name, shape, offset) in &self.layout {
-                let n: i64 = shape.iter().product();
-                for (flat, key) in [(&self.m, format!("m.{name}")), (&self.v, format!("v.{name}"))] {
-                    let saved = state.get(&key).ok_or(format!("checkpoint lacks {key}"))?;
-                    if saved.size() != *shape {
-                        return Err(format!("{key} has shape {:?}, the parameter {:?}", saved.size(), shape));
-                    }
-                    flat.narrow(0, *offset, n).copy_(&saved.reshape([-1]));
+            for (key, mut view) in self.state() {
+                let saved = state.get(&key).ok_or(format!("checkpoint lacks {key}"))?;
+                if saved.size() != view.size() {
+                    return Err(format!("{key} has shape {:?}, the parameter {:?}", saved.size(), view.size()));
                 }
+                view.copy_(saved);
             }
             Ok(())
         })?;
@@ -256,11 +242,18 @@ impl AdamW {
     }
 }
 
+/// Each parameter's view into a flat buffer laid out as `layout`, with its name.
+fn views<'a>(flat: &'a Tensor, layout: &'a [(String, Vec<i64>, i64)]) -> impl Iterator<Item = (&'a String, Tensor)> {
+    layout.iter().map(move |(name, shape, offset)| {
+        let n: i64 = shape.iter().product();
+        (name, flat.narrow(0, *offset, n).view(shape.as_slice()))
+    })
+}
+
 /// Makes each parameter a view into `flat` (its values copied there already).
 fn set_views(params: &[Tensor], flat: &Tensor, layout: &[(String, Vec<i64>, i64)]) {
-    for (p, (_, shape, offset)) in params.iter().zip(layout) {
-        let n: i64 = shape.iter().product();
-        p.shallow_clone().set_data(&flat.narrow(0, *offset, n).view(shape.as_slice()));
+    for (p, (_, view)) in params.iter().zip(views(flat, layout)) {
+        p.shallow_clone().set_data(&view);
     }
 }
 
@@ -275,11 +268,10 @@ fn attach_gradients(params: &[Tensor], grad: &Tensor, layout: &[(String, Vec<i64
     let sums: Vec<Tensor> = params.iter().map(|p| p.sum(Kind::Float)).collect();
     tch::with_grad(|| (Tensor::stack(&sums, 0).sum(Kind::Float) * 0.0).backward());
     tch::no_grad(|| {
-        for (p, (name, shape, offset)) in params.iter().zip(layout) {
+        for (p, (name, view)) in params.iter().zip(views(grad, layout)) {
             let mut g = p.grad();
             assert!(g.defined(), "`{name}` is trainable and gets a gradient");
-            let n: i64 = shape.iter().product();
-            g.set_data(&grad.narrow(0, *offset, n).view(shape.as_slice()));
+            g.set_data(&view);
         }
         let _ = grad.shallow_clone().zero_();
     });

@@ -10,6 +10,7 @@
 #   bash benchmarks/gpu-session.sh DATA OUT lab-eager  # the lab pipeline without CUDA graphs
 #   bash benchmarks/gpu-session.sh DATA OUT weights # training with bf16 weights; then the lab with them
 #   bash benchmarks/gpu-session.sh DATA OUT trace   # traces of eager steps, autocast and bf16 weights
+#   bash benchmarks/gpu-session.sh DATA OUT pack    # packed training (graphs, bf16 weights, eager); the lab packed
 #   bash benchmarks/gpu-session.sh DATA OUT check   # all of them, tiny and short, on the CPU (a dry run)
 #
 # DATA holds `dialogsum/` and `lab-results/` (a copy of ../shared/data: the device machine gets
@@ -138,6 +139,21 @@ if [ "$what" = trace ] || [ "$what" = check ]; then
       SUMFLOW_TRACE=/tmp/sumflow-trace-w try "$sumflow" bench "${one[@]}" $weights
       for t in /tmp/sumflow-trace-w/*.json; do [ -f "$t" ] && try "$PYTHON" python/trace_summary.py "$t" 3; done
     done; } 2>&1 | tee "$out/trace.txt"
+fi
+if [ "$what" = pack ] || [ "$what" = check ]; then
+  # Packed training (`pack`, `--pack`): several dialogues per row, so rows are full rather
+  # than padded (1.07 tokens computed per real one on DialogSum, against 1.36-1.41 padded for
+  # graphs) and an epoch has two batch shapes (the second for 19 long summaries): two captures.
+  # With CUDA graphs, then with bf16 weights too, then eagerly; then the lab pipeline packed,
+  # with bf16 weights (after `lab`: the data stages come from its cache).
+  one=(--model "$model" --device $device --data "$data/dialogsum" --results "$data/lab-results/dialogue-summary-training-results.csv" --generate 0 --generate-one-at-a-time 0)
+  try() { "$@" || echo "FAILED (exit $?): $*"; }
+  { try "$sumflow" bench "${one[@]}" --train-steps $gsteps --cuda-graphs --pack
+    try "$sumflow" bench "${one[@]}" --train-steps $gsteps --cuda-graphs --pack --dtype bf16 --bf16-weights
+    try "$sumflow" bench "${one[@]}" --train-steps $gsteps --pack; } 2>&1 | tee "$out/pack.txt"
+  "$sumflow" run pipelines/dialogsum-flan-t5.yaml --set model="$model" --set data="$data/dialogsum" \
+    --set device=$device "${lab[@]}" --set pack=true --set bf16_weights=true \
+    2> >(tee "$out/lab-pack-stderr.txt" >&2) | tee "$out/lab-pack-stdout.txt"
 fi
 if [ "$what" = lab-eager ] || [ "$what" = check ]; then
   # After `lab` (its cache): the data stages are reused; the model stages run again, eagerly.

@@ -64,6 +64,10 @@ pub struct BenchOptions {
     /// over fp32 weights (the training stages' `bf16_weights`).
     #[arg(long)]
     pub bf16_weights: bool,
+    /// Training packs several dialogues per row, all batches one shape (the training stages'
+    /// `pack`).
+    #[arg(long)]
+    pub pack: bool,
 }
 
 /// One measured figure set.
@@ -87,6 +91,8 @@ pub struct Figures {
     pub peak_rss_mb: Option<f64>,
     /// Peak GPU memory of the process while measuring (NVML), MB.
     pub peak_gpu_mb: Option<f64>,
+    /// Training: tokens computed (padding included) per real token.
+    pub computed_per_real: Option<f64>,
 }
 
 /// Everything `sumflow bench` prints.
@@ -193,7 +199,7 @@ mod imp {
     use sumflow_stages::t5::decode::Strategy;
     use sumflow_stages::t5::device::{DeviceChoice, DtypeChoice};
     use sumflow_stages::tokenize::{render, tokenize, TokenTable, TokenizeParams, LAB_TEMPLATE};
-    use sumflow_stages::train::{batches, build, train, Method, Padding, Precision, TrainParams};
+    use sumflow_stages::train::{build, epoch_batches, train, Method, Padding, Precision, TrainParams};
     use sumflow_stages::{InputRef, NoProgress, StageContext};
 
     /// Peak memory over one measurement.
@@ -245,13 +251,14 @@ mod imp {
             if method == Method::Lora { "lora: {r: 32, alpha: 32, dropout: 0.05, targets: [q, v]}\n" } else { "" };
         let mut p: TrainParams = serde_yaml::from_str(&format!(
             "train: t\nmodel: {}\nmax_steps: {}\nbatch_tokens: {}\nmax_batch_rows: {}\npad_to_multiple_of: {}\n\
-             cuda_graphs: {}\ncheckpoint_every: 0\ncheckpoint_minutes: 0\n{lora}",
+             cuda_graphs: {}\npack: {}\ncheckpoint_every: 0\ncheckpoint_minutes: 0\n{lora}",
             o.model.display(),
             o.train_steps,
             o.batch_tokens,
             o.max_batch_rows,
             o.pad_to_multiple_of,
-            o.cuda_graphs
+            o.cuda_graphs,
+            o.pack
         ))
         .map_err(|e| Error::Usage(e.to_string()))?;
         p.pad_labels_to_multiple_of = o.pad_labels_to_multiple_of;
@@ -273,7 +280,7 @@ mod imp {
         // timed, as on the Python side; a later step's time is its real tokens over the
         // tokens/s it recorded (its forward and backward, and the previous step's update).
         // Steps past the first epoch are left out (the next epoch's batches come in another order).
-        let epoch = batches(tokens, p.batch_tokens, p.max_batch_rows, p.seed, 0);
+        let epoch = epoch_batches(tokens, &p, 0);
         let timed: Vec<(&Vec<usize>, f64)> =
             epoch.iter().zip(&progress.losses).skip(1).map(|(batch, l)| (batch, l.3)).collect();
         let all: usize = tokens.input_ids.iter().chain(&tokens.labels).map(Vec::len).sum();
@@ -284,25 +291,36 @@ mod imp {
             Method::Lora => "train, LoRA r32 q,v",
         };
         let device = b.trainable().device();
-        let what = match p.precision(device) {
+        let mut what = match p.precision(device) {
             Precision::Bf16Weights => format!("{what}, bf16 weights"),
             Precision::Fp32 | Precision::Autocast => what.to_string(),
         };
+        if p.pack {
+            what.push_str(", packed");
+        }
+        // Each batch's shape as the training loop lays it out (with graphs, padded for them).
+        let graphs = p.cuda_graphs && device.is_cuda();
+        let plan = ShapePlan::new(Padding::for_training(&p, graphs), tokens, &epoch, graphs);
+        let packing = p.packing(tokens);
+        let shape = |rows: &[usize]| packing.map_or_else(|| plan.shape(tokens, rows), |k| k.shape(tokens, rows));
         // Real (non-pad) tokens of a batch.
         let real_tokens = |rows: &[usize]| -> usize {
             rows.iter().map(|&r| tokens.input_ids[r].len() + tokens.labels[r].len()).sum()
         };
         let figure = |label: String, steps: &[(&Vec<usize>, f64)]| {
-            let (mut rows, mut real, mut seconds) = (0, 0, 0.0);
+            let (mut rows, mut real, mut computed, mut seconds) = (0, 0, 0, 0.0);
             for (batch, tokens_per_s) in steps {
                 let n = real_tokens(batch);
+                let [r, s, l] = shape(batch);
                 rows += batch.len();
                 real += n;
+                computed += r * (s + l);
                 seconds += n as f64 / tokens_per_s;
             }
+            let computed_per_real = computed as f64 / real.max(1) as f64;
             let tflops = flops_per_token * real as f64 / seconds / 1e12;
             Figures {
-                what: format!("{what} ({label})"),
+                what: format!("{what} ({label}; {computed_per_real:.2} tokens computed per real one)"),
                 per_s: rows as f64 / seconds,
                 tokens_per_s: real as f64 / seconds,
                 tflops,
@@ -311,16 +329,16 @@ mod imp {
                 seconds,
                 peak_rss_mb,
                 peak_gpu_mb,
+                computed_per_real: Some(computed_per_real),
             }
         };
         let mut figures = vec![figure(format!("{} steps after 1 warm-up", timed.len()), &timed)];
         if p.cuda_graphs && b.trainable().device().is_cuda() {
             // Also the steady state: the steps that replayed a graph captured by an earlier step
             // of the same batch shape (padded as the training loop pads it).
-            let plan = ShapePlan::new(Padding::for_training(&p, true), tokens, &epoch, true);
             let mut seen = std::collections::HashSet::new();
             let replays: Vec<(&Vec<usize>, f64)> =
-                timed.iter().filter(|(rows, _)| !seen.insert(plan.shape(tokens, rows))).copied().collect();
+                timed.iter().filter(|(rows, _)| !seen.insert(shape(rows))).copied().collect();
             if !replays.is_empty() {
                 figures.push(figure(
                     format!("CUDA graph replays only: {} of {} steps", replays.len(), timed.len()),
@@ -332,11 +350,10 @@ mod imp {
                 .iter()
                 .map(|(rows, tokens_per_s)| {
                     let n = real_tokens(rows);
-                    Step { shape: plan.shape(tokens, rows), tokens: n, seconds: n as f64 / tokens_per_s }
+                    Step { shape: shape(rows), tokens: n, seconds: n as f64 / tokens_per_s }
                 })
                 .collect();
-            let whole: Vec<(Shape, usize)> =
-                epoch.iter().map(|rows| (plan.shape(tokens, rows), real_tokens(rows))).collect();
+            let whole: Vec<(Shape, usize)> = epoch.iter().map(|rows| (shape(rows), real_tokens(rows))).collect();
             if let Some((seconds, captures)) = graphs_epoch(&measured, &whole) {
                 let tflops = flops_per_token * all as f64 / seconds / 1e12;
                 figures.push(Figures {
@@ -352,6 +369,7 @@ mod imp {
                     seconds,
                     peak_rss_mb,
                     peak_gpu_mb,
+                    computed_per_real: None,
                 });
             }
         }
@@ -417,6 +435,7 @@ mod imp {
                 seconds: r.seconds,
                 peak_rss_mb,
                 peak_gpu_mb,
+                computed_per_real: None,
             });
         }
 
@@ -444,6 +463,7 @@ mod imp {
             seconds,
             peak_rss_mb: None,
             peak_gpu_mb: None,
+            computed_per_real: None,
         });
         let _ = std::fs::remove_dir_all(&work);
         Ok(BenchReport { runtime, peak_tflops: peak, parameters, figures })

@@ -69,6 +69,33 @@ fn loss_falls_over_50_steps_for_both_methods() {
     assert!(adapter.join("adapter_model.safetensors").is_file() && adapter.join("adapter_config.json").is_file());
 }
 
+#[test]
+fn packed_training_learns_and_keeps_unpacked_cache_keys() {
+    // Several dialogues per row (`pack`), both methods, on DialogSum rows: the loss falls as
+    // unpacked training's does. Leaving `pack` out keeps the recipe of runs from before it.
+    let s = Sandbox::new();
+    let stages = stage("max_steps: 40, lr: 0.001, checkpoint_every: 0, pack: true", "train-full", "full")
+        + &stage("max_steps: 40, lr: 0.005, checkpoint_every: 0, pack: true", "train-lora", "lora")
+        + &stage("max_steps: 40, lr: 0.001, checkpoint_every: 0, pack: false", "train-full", "unpacked");
+    pipeline(&s, &stages);
+    s.ok(&["run", "p.yaml"]);
+    let mean = |xs: &[(u64, f64)]| xs.iter().map(|x| x.1).sum::<f64>() / xs.len() as f64;
+    for (id, output) in [("full", "model"), ("lora", "adapter"), ("unpacked", "model")] {
+        let l = losses(&artifact(&s, id, output));
+        assert_eq!(l.len(), 40, "{id}");
+        let (first, last) = (mean(&l[..8]), mean(&l[32..]));
+        assert!(last < first * 0.9, "{id}: loss {first:.3} → {last:.3}");
+    }
+    let (packed, unpacked) = (losses(&artifact(&s, "full", "model")), losses(&artifact(&s, "unpacked", "model")));
+    let (a, b) = (mean(&packed[32..]), mean(&unpacked[32..]));
+    assert!((a - b).abs() < 0.15 * b, "steps 33-40: packed {a:.3}, unpacked {b:.3}");
+    // `pack: false` is the recipe without the field.
+    let keys = |s: &Sandbox| s.ok(&["plan", "p.yaml"]).stdout;
+    let planned = keys(&s);
+    pipeline(&s, &stages.replace(", pack: false", ""));
+    assert_eq!(keys(&s), planned);
+}
+
 fn run_until_killed(s: &Sandbox, until: impl Fn(&Sandbox) -> bool, limit: Duration) -> bool {
     let mut child = s.cmd(&["run", "p.yaml"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let t0 = Instant::now();
@@ -259,6 +286,12 @@ fn bad_training_params_are_refused_before_anything_runs() {
         ("dtype: fp32, bf16_weights: true", "train-lora", "lora", "bf16_weights: needs bf16 compute"),
         ("pad_to_multiple_of: 0", "train-lora", "lora", "pad_to_multiple_of"),
         ("pad_labels_to_multiple_of: 0", "train-full", "full", "pad_labels_to_multiple_of: must be at least 1"),
+        (
+            "pack: true, pad_to_multiple_of: 64",
+            "train-full",
+            "full",
+            "pad_to_multiple_of: has no effect with `pack: true`",
+        ),
     ] {
         let s = Sandbox::new();
         pipeline(&s, &stage(&format!("max_steps: 2, {params}"), kind, id));

@@ -21,6 +21,7 @@ pub mod make_model;
 pub mod model_ref;
 #[cfg(feature = "torch")]
 pub mod optim;
+pub mod packing;
 pub mod registry;
 pub mod report;
 pub mod rouge;

@@ -22,6 +22,7 @@ use crate::error::StageError;
 use crate::lora::{self, LoraSettings};
 use crate::model_ref;
 use crate::optim::{linear_schedule, AdamW};
+use crate::packing::Packing;
 pub use crate::shapes::Padding;
 use crate::shapes::{Shape, ShapePlan};
 use crate::stage::{
@@ -128,6 +129,14 @@ pub struct TrainParams {
     /// canonical params when off, so the caches of runs from before it still hit.)
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub bf16_weights: bool,
+    /// Several examples per row ("packing"): dialogues fill rows as wide as the longest one,
+    /// their summaries the label rows beside them, and each attends only within itself. The
+    /// loss is the one unpacked rows give; rows are full instead of padded, and batches have
+    /// one shape (a second for the few longest summaries: with `cuda_graphs`, two captures per
+    /// run). Batches still hold `batch_tokens` tokens, padding included. See
+    /// `stages/src/packing.rs`. (Left out of the canonical params when off.)
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pack: bool,
 }
 
 fn one() -> u64 {
@@ -185,6 +194,11 @@ impl TrainParams {
             (true, false) => Precision::Autocast,
             (true, true) => Precision::Bf16Weights,
         }
+    }
+
+    /// With `pack`, how `tokens` are packed.
+    pub fn packing(&self, tokens: &TokenTable) -> Option<Packing> {
+        self.pack.then(|| Packing::for_table(tokens, self.batch_tokens, self.max_batch_rows))
     }
 
     /// Whether the forward pass runs under bf16 autocast on `device`.
@@ -283,6 +297,15 @@ pub fn batches(tokens: &TokenTable, budget: usize, max_rows: usize, seed: u64, e
     out
 }
 
+/// Epoch `epoch`'s batches as `p` makes them, each a list of examples: length-bucketed
+/// ([`batches`]) or, with `pack`, packed ([`Packing::batches`]: in row order).
+pub fn epoch_batches(tokens: &TokenTable, p: &TrainParams, epoch: u64) -> Vec<Vec<usize>> {
+    match p.packing(tokens) {
+        Some(packing) => packing.batches(tokens, p.seed, epoch),
+        None => batches(tokens, p.batch_tokens, p.max_batch_rows, p.seed, epoch),
+    }
+}
+
 impl Padding {
     /// How training pads batches for `p`; with `graphs` (steps replayed as CUDA graphs) rows go
     /// to multiples of 8 too, for fewer shapes.
@@ -334,6 +357,71 @@ pub fn collate(tokens: &TokenTable, rows: &[usize], shape: Shape, device: Device
         let _ = mask.narrow(0, rows.len() as i64, (n - rows.len()) as i64).narrow(1, 0, 1).fill_(1);
     }
     (x, mask, y)
+}
+
+/// A batch on the device, as the loss takes it.
+pub enum Collated {
+    /// One example per row: sources, their 1/0 mask, labels ([`collate`]).
+    Padded([Tensor; 3]),
+    /// Packed rows: sources, their segment numbers, labels, theirs ([`Packing::collate`]).
+    Packed([Tensor; 4]),
+}
+
+impl Collated {
+    /// `examples` laid out as `layout` says: packed, or padded to their shape in the plan.
+    pub fn new(tokens: &TokenTable, examples: &[usize], layout: Layout, device: Device) -> Collated {
+        match layout {
+            Layout::Packed(packing) => {
+                let b = packing.collate(tokens, examples);
+                let [rows, sources, labels] = b.shape.map(|n| n as i64);
+                let t = |v: &[i64], width: i64| Tensor::from_slice(v).view([rows, width]).to_device(device);
+                Collated::Packed([
+                    t(&b.sources, sources),
+                    t(&b.source_segments, sources),
+                    t(&b.labels, labels),
+                    t(&b.label_segments, labels),
+                ])
+            }
+            Layout::Padded(plan) => {
+                let (x, mask, y) = collate(tokens, examples, plan.shape(tokens, examples), device);
+                Collated::Padded([x, mask, y])
+            }
+        }
+    }
+
+    /// Its tensors (a CUDA graph's inputs).
+    pub fn tensors(&self) -> Vec<&Tensor> {
+        match self {
+            Collated::Padded(t) => t.iter().collect(),
+            Collated::Packed(t) => t.iter().collect(),
+        }
+    }
+
+    /// The same layout over `t`, tensors like [`Collated::tensors`] (a CUDA graph's copies).
+    fn over(&self, t: &[Tensor]) -> Collated {
+        let c = |i: usize| t[i].shallow_clone();
+        match self {
+            Collated::Padded(_) => Collated::Padded([c(0), c(1), c(2)]),
+            Collated::Packed(_) => Collated::Packed([c(0), c(1), c(2), c(3)]),
+        }
+    }
+
+    /// The model's mean loss over the batch's labels.
+    pub fn loss(&self, model: &T5, train: bool) -> Tensor {
+        match self {
+            Collated::Padded([x, mask, y]) => model.loss(x, mask, y, train),
+            Collated::Packed([x, xs, y, ys]) => model.packed_loss(x, xs, y, ys, train),
+        }
+    }
+}
+
+/// How an epoch's batches are laid out.
+#[derive(Clone, Copy)]
+pub enum Layout<'a> {
+    /// One example per row, in the shapes of a plan.
+    Padded(&'a ShapePlan),
+    /// Packed.
+    Packed(Packing),
 }
 
 /// Where a run is: enough to continue exactly.
@@ -450,7 +538,8 @@ pub fn train(
         });
     }
     let mut opt = AdamW::new(weights::variables(b.trainable()), p.weight_decay.expect("defaults filled"), compute);
-    let per_epoch = batches(train, p.batch_tokens, p.max_batch_rows, p.seed, 0).len() as u64;
+    let packing = p.packing(train);
+    let per_epoch = epoch_batches(train, p, 0).len() as u64;
     // Like transformers' Trainer, `max_steps` overrides the epochs.
     let total = p.max_steps.unwrap_or(per_epoch * p.epochs);
     let ckpt = Checkpoints { dir: work.to_path_buf() };
@@ -478,8 +567,8 @@ pub fn train(
     let mut taken = 0;
     while progress.step < total {
         if epoch.as_ref().is_none_or(|(e, ..)| *e != progress.epoch) {
-            let list = batches(train, p.batch_tokens, p.max_batch_rows, p.seed, progress.epoch);
-            let plan = ShapePlan::new(padding, train, &list, graphs.is_some());
+            let list = epoch_batches(train, p, progress.epoch);
+            let plan = ShapePlan::new(padding, train, &list, graphs.is_some() && packing.is_none());
             epoch = Some((progress.epoch, list, plan));
         }
         let (_, epoch_batches, plan) = epoch.as_ref().expect("just set");
@@ -504,7 +593,11 @@ pub fn train(
         let rows = &epoch_batches[progress.batch];
         // Real (non-pad) tokens, counted on the host: no device sync for a figure.
         let tokens: usize = rows.iter().map(|&r| train.input_ids[r].len() + train.labels[r].len()).sum();
-        let (x, mask, y) = collate(train, rows, plan.shape(train, rows), device);
+        let layout = match packing {
+            Some(packing) => Layout::Packed(packing),
+            None => Layout::Padded(plan),
+        };
+        let batch = Collated::new(train, rows, layout, device);
         mark("batch");
         seed_step(p, progress.step);
         // The schedule counts optimizer steps; a batch whose loss is not finite is not one.
@@ -514,9 +607,9 @@ pub fn train(
         let captured = match &mut graphs {
             // The run's first step is eager: libtorch sets up cuBLAS and autograd's device
             // threads lazily, which a capture cannot hold.
-            Some(g) if taken > 1 => Some(g.step(&[&x, &mask, &y], |t| {
-                issue_step(&b.model, &mut opt, p, device, [&t[0], &t[1], &t[2]], &mut |_| ())
-            })),
+            Some(g) if taken > 1 => Some(
+                g.step(&batch.tensors(), |t| issue_step(&b.model, &mut opt, p, device, &batch.over(t), &mut |_| ())),
+            ),
             _ => None,
         };
         let loss = match captured {
@@ -532,7 +625,7 @@ pub fn train(
                     graphs = None;
                     seed_step(p, progress.step);
                 }
-                issue_step(&b.model, &mut opt, p, device, [&x, &mask, &y], &mut mark)
+                issue_step(&b.model, &mut opt, p, device, &batch, &mut mark)
             }
         };
         // The step's one wait for the device: the loss, read once the whole step is issued. A
@@ -625,7 +718,7 @@ impl Spent {
     }
 }
 
-/// Issues one training step on `batch` (sources, mask, labels) — forward, backward, clipping,
+/// Issues one training step on `batch` — forward, backward, clipping,
 /// the update `opt` was prepared for, zeroing — without waiting for the device, and returns the
 /// loss: run eagerly, or captured into a CUDA graph. `mark` ends each phase for the profile.
 fn issue_step(
@@ -633,10 +726,10 @@ fn issue_step(
     opt: &mut AdamW,
     p: &TrainParams,
     device: Device,
-    [x, mask, y]: [&Tensor; 3],
+    batch: &Collated,
     mark: &mut dyn FnMut(&'static str),
 ) -> Tensor {
-    let loss = autocast::bf16(device, p.autocast(device), || model.loss(x, mask, y, true));
+    let loss = autocast::bf16(device, p.autocast(device), || batch.loss(model, true));
     mark("forward");
     loss.backward();
     mark("backward");
@@ -782,6 +875,10 @@ pub fn check(method: Method, p: &TrainParams) -> Vec<ParamError> {
     if p.pad_labels_to_multiple_of == Some(0) {
         errors.push(ParamError::new("pad_labels_to_multiple_of", "must be at least 1"));
     }
+    if p.pack && (p.pad_to_multiple_of > 1 || p.pad_labels_to_multiple_of.is_some_and(|m| m > 1)) {
+        let field = if p.pad_to_multiple_of > 1 { "pad_to_multiple_of" } else { "pad_labels_to_multiple_of" };
+        errors.push(ParamError::new(field, "has no effect with `pack: true` (packed batches have fixed shapes)"));
+    }
     errors
 }
 
@@ -904,6 +1001,58 @@ mod tests {
         assert!(bf16_g.iter().all(|g| g.isfinite().all().int64_value(&[]) == 1), "finite gradients in bf16");
     }
 
+    /// Packed rows give the loss and gradients the same examples give one per row (fp32,
+    /// dropout off), also through the training stage's own collation, and stay finite in bf16.
+    #[test]
+    fn packing_changes_rows_not_the_loss_or_gradients() {
+        let tokens = three_lengths();
+        let packing = Packing::for_table(&tokens, 4096, 64);
+        let epoch = packing.batches(&tokens, 0, 0);
+        let examples = &epoch[0];
+        assert_eq!((epoch.len(), examples.len()), (1, 32));
+        assert!(packing.rows(&tokens, examples).len() <= 16, "several examples share rows");
+        let plan = ShapePlan::new(Padding::NONE, &tokens, &[], false);
+        let padded = Collated::new(&tokens, examples, Layout::Padded(&plan), Device::Cpu);
+        let packed = Collated::new(&tokens, examples, Layout::Packed(packing), Device::Cpu);
+        let b = fresh(Method::Full, Device::Cpu);
+        let grads = |loss: Tensor| {
+            let value = loss.double_value(&[]);
+            loss.backward();
+            let g: Vec<Tensor> = b.base.trainable_variables().iter().map(|v| v.grad().copy()).collect();
+            b.base.trainable_variables().iter().for_each(|v| v.shallow_clone().zero_grad());
+            (value, g)
+        };
+        let (plain, plain_g) = grads(padded.loss(&b.model, true));
+        let (packed_loss, packed_g) = grads(packed.loss(&b.model, true));
+        assert!((plain - packed_loss).abs() < 1e-5 * plain.abs(), "{plain} vs packed {packed_loss}");
+        for (a, g) in plain_g.iter().zip(&packed_g) {
+            let d = (a - g).abs().max().double_value(&[]);
+            assert!(d < 1e-5 * (1.0 + a.abs().max().double_value(&[])), "gradient off by {d}");
+        }
+        let (bf16, bf16_g) = grads(autocast::bf16(Device::Cpu, true, || packed.loss(&b.model, true)));
+        assert!((bf16 - plain).abs() < 0.02 * plain.abs(), "bf16 {bf16} vs {plain}");
+        assert!(bf16_g.iter().all(|g| g.isfinite().all().int64_value(&[]) == 1), "finite gradients in bf16");
+    }
+
+    /// Training packed learns as unpacked training does, and resumes exactly.
+    #[test]
+    fn packed_training_learns_and_resumes() {
+        let tokens = three_lengths();
+        let reference = fresh(Method::Full, Device::Cpu);
+        let dir = tempfile::tempdir().unwrap();
+        let unpacked = losses(Method::Full, &like(Method::Full, &reference), &tokens, "", &dir.path().join("u"));
+        let yaml = "pack: true
+checkpoint_every: 4";
+        let work = dir.path().join("p");
+        let packed = losses(Method::Full, &like(Method::Full, &reference), &tokens, yaml, &work);
+        let per_epoch = packed.len() / 3;
+        let mean = |l: &[f64]| l.iter().sum::<f64>() / l.len() as f64;
+        assert!(mean(&packed[2 * per_epoch..]) < mean(&packed[..per_epoch]), "learns: {packed:?}");
+        assert!((mean(&packed) - mean(&unpacked)).abs() < 0.1 * mean(&unpacked), "{packed:?}\nvs {unpacked:?}");
+        let resumed = losses(Method::Full, &like(Method::Full, &reference), &tokens, yaml, &work);
+        assert_eq!(resumed, packed, "resumed from its last checkpoint");
+    }
+
     /// 32 rows in three length groups: sources of 6, 40 or 90 tokens, labels of 3 to 9 (with
     /// graphs, batches of two padded shapes: 64- and 128-token sources).
     fn three_lengths() -> TokenTable {
@@ -980,15 +1129,16 @@ mod tests {
         let tokens = three_lengths();
         let run = |method: Method, reference: &Built, precision: &str, graphs: bool| -> Vec<f64> {
             let dir = tempfile::tempdir().unwrap();
-            let yaml = format!(
-                "max_steps: 12\npad_to_multiple_of: 64\npad_labels_to_multiple_of: 16\ncuda_graphs: {graphs}\ncheckpoint_every: 0\n{precision}"
-            );
+            // Packed batches have fixed shapes of their own; the others are padded for graphs.
+            let padding =
+                if precision.contains("pack") { "" } else { "pad_to_multiple_of: 64\npad_labels_to_multiple_of: 16\n" };
+            let yaml = format!("max_steps: 12\n{padding}cuda_graphs: {graphs}\ncheckpoint_every: 0\n{precision}");
             losses(method, &like(method, reference), &tokens, &yaml, &dir.path().join("work"))
         };
-        for precision in ["", "dtype: bf16\nbf16_weights: true"] {
+        for precision in ["", "dtype: bf16\nbf16_weights: true", "pack: true"] {
             for method in [Method::Full, Method::Lora] {
                 let reference = fresh(method, device);
-                let what = format!("{method:?}, {}", if precision.is_empty() { "as shipped" } else { "bf16 weights" });
+                let what = format!("{method:?}, {}", if precision.is_empty() { "as shipped" } else { precision });
                 let (eager, graphed) =
                     (run(method, &reference, precision, false), run(method, &reference, precision, true));
                 assert_eq!((eager.len(), graphed.len()), (12, 12));

@@ -175,8 +175,12 @@ impl T5 {
 
     /// Encoder output `(batch, src, d_model)` for token ids and their 1/0 mask.
     pub fn encode(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Tensor {
-        let bias = self.encoder_bias(attention_mask);
-        let inputs = BlockInputs { self_bias: &bias, encoder: None, attention: self.attention, train };
+        self.encode_with(input_ids, &self.encoder_bias(attention_mask), train)
+    }
+
+    /// Encoder output for token ids under a self-attention bias (relative positions and mask).
+    fn encode_with(&self, input_ids: &Tensor, bias: &Tensor, train: bool) -> Tensor {
+        let inputs = BlockInputs { self_bias: bias, encoder: None, attention: self.attention, train };
         self.encoder.forward(&input_ids.apply(&self.shared), &inputs, None)
     }
 
@@ -214,9 +218,21 @@ impl T5 {
         train: bool,
     ) -> Tensor {
         let bias = self.decoder_bias(decoder_ids.size()[1], cache.as_deref());
-        let enc_mask = self.extended_mask(attention_mask);
+        self.decode_with(decoder_ids, encoder_out, &bias, &self.extended_mask(attention_mask), cache, train)
+    }
+
+    /// Logits for decoder inputs under a self-attention bias and a cross-attention mask.
+    fn decode_with(
+        &self,
+        decoder_ids: &Tensor,
+        encoder_out: &Tensor,
+        bias: &Tensor,
+        enc_mask: &Tensor,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Tensor {
         let inputs =
-            BlockInputs { self_bias: &bias, encoder: Some((encoder_out, &enc_mask)), attention: self.attention, train };
+            BlockInputs { self_bias: bias, encoder: Some((encoder_out, enc_mask)), attention: self.attention, train };
         let h = self.decoder.forward(&decoder_ids.apply(&self.shared), &inputs, cache);
         match &self.lm_head {
             Some(head) => head.forward(&h),
@@ -237,6 +253,52 @@ impl T5 {
     pub fn loss(&self, input_ids: &Tensor, attention_mask: &Tensor, labels: &Tensor, train: bool) -> Tensor {
         let enc = self.encode(input_ids, attention_mask, train);
         let logits = self.decode(&self.shift_right(labels), &enc, attention_mask, None, train);
+        self.mean_cross_entropy(&logits, labels)
+    }
+
+    /// [`T5::loss`] of packed rows: each row holds several examples one after the other, the
+    /// positions of each numbered by `source_segments` and `label_segments` (1, 2, … within a
+    /// row; 0 for padding). Every position attends only within its own example, and its labels
+    /// only to its own source; T5's bias depends on relative positions only, so an example
+    /// computes what it computes alone in a row of its own (the loss within float rounding:
+    /// `packing_changes_rows_not_the_loss_or_gradients`).
+    pub fn packed_loss(
+        &self,
+        input_ids: &Tensor,
+        source_segments: &Tensor,
+        labels: &Tensor,
+        label_segments: &Tensor,
+        train: bool,
+    ) -> Tensor {
+        let (s, t) = (input_ids.size()[1], labels.size()[1]);
+        let encoder_bias = self.encoder.blocks[0].self_attn.compute_bias(s, s, 0)
+            + self.segment_mask(source_segments, source_segments);
+        let enc = self.encode_with(input_ids, &encoder_bias, train);
+        let decoder_bias = self.decoder_bias(t, None) + self.segment_mask(label_segments, label_segments);
+        let cross = self.segment_mask(label_segments, source_segments);
+        let decoder_ids = self.shift_right_in_segments(labels, label_segments);
+        let logits = self.decode_with(&decoder_ids, &enc, &decoder_bias, &cross, None, train);
+        self.mean_cross_entropy(&logits, labels)
+    }
+
+    /// `(batch, 1, q, k)` additive mask: query positions attend to keys of their own segment.
+    /// Padding queries (segment 0) attend to everything, so that no row of scores is entirely
+    /// masked (bf16 would turn it into NaN); nothing reads their outputs.
+    fn segment_mask(&self, queries: &Tensor, keys: &Tensor) -> Tensor {
+        let (_, kind) = self.device_kind();
+        let q = queries.unsqueeze(2);
+        let other = q.ne_tensor(&keys.unsqueeze(1)).logical_and(&q.ne(0));
+        other.to_kind(kind).unsqueeze(1) * mask_value(kind)
+    }
+
+    /// [`T5::shift_right`] within each segment: every example's labels start again behind the
+    /// decoder start token.
+    fn shift_right_in_segments(&self, labels: &Tensor, segments: &Tensor) -> Tensor {
+        let previous = segments.constant_pad_nd([1, 0]).narrow(1, 0, segments.size()[1]);
+        self.shift_right(labels).masked_fill(&previous.ne_tensor(segments), self.config.decoder_start_token_id)
+    }
+
+    fn mean_cross_entropy(&self, logits: &Tensor, labels: &Tensor) -> Tensor {
         let v = self.config.vocab_size;
         logits.to_kind(Kind::Float).view([-1, v]).cross_entropy_loss::<Tensor>(
             &labels.view([-1]),

@@ -1116,7 +1116,7 @@ checkpoint_every: 4";
     }
 
     /// CUDA graphs replay the eager step: step by step the same losses (dropout off, bf16
-    /// autocast as shipped, and bf16 weights), full and LoRA, over batches of a few shapes that
+    /// autocast as shipped, bf16 weights, and packed rows), full and LoRA, over batches of a few shapes that
     /// each come back.
     /// Needs CUDA (a GPU session runs it: `benchmarks/gpu-session.sh … graphs`); on the CPU,
     /// where `cuda_graphs` is ignored, it checks only its own setup.
@@ -1138,7 +1138,12 @@ checkpoint_every: 4";
         for precision in ["", "dtype: bf16\nbf16_weights: true", "pack: true"] {
             for method in [Method::Full, Method::Lora] {
                 let reference = fresh(method, device);
-                let what = format!("{method:?}, {}", if precision.is_empty() { "as shipped" } else { precision });
+                let setting = match precision {
+                    "" => "as shipped",
+                    "pack: true" => "packed",
+                    _ => "bf16 weights",
+                };
+                let what = format!("{method:?}, {setting}");
                 let (eager, graphed) =
                     (run(method, &reference, precision, false), run(method, &reference, precision, true));
                 assert_eq!((eager.len(), graphed.len()), (12, 12));

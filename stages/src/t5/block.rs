@@ -4,7 +4,7 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
-use super::attention::{Attention, AttentionBackend, CacheSlot, LayerCache};
+use super::attention::{Attention, AttentionBackend, CacheSlot, LayerBias, LayerCache};
 use super::config::T5Config;
 use super::layer_norm::LayerNorm;
 
@@ -59,9 +59,9 @@ pub struct Block {
 /// Inputs shared by every block of a stack in one forward pass.
 pub struct BlockInputs<'a> {
     /// Relative-position bias plus mask for self-attention.
-    pub self_bias: &'a Tensor,
+    pub self_bias: &'a LayerBias,
     /// Encoder output and its mask, for decoder blocks.
-    pub encoder: Option<(&'a Tensor, &'a Tensor)>,
+    pub encoder: Option<(&'a Tensor, &'a LayerBias)>,
     /// How attention is computed.
     pub attention: AttentionBackend,
     /// Training (dropout on).

@@ -5,7 +5,7 @@
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Reduction, Tensor};
 
-use super::attention::{attention_kernel, AttentionBackend, KvCache};
+use super::attention::{attention_kernel, AttentionBackend, KvCache, LayerBias};
 use super::block::{Block, BlockInputs};
 use super::config::T5Config;
 use super::layer_norm::LayerNorm;
@@ -175,12 +175,13 @@ impl T5 {
 
     /// Encoder output `(batch, src, d_model)` for token ids and their 1/0 mask.
     pub fn encode(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Tensor {
-        self.encode_with(input_ids, &self.encoder_bias(attention_mask), train)
+        self.encode_with(input_ids, self.encoder_bias(attention_mask), train)
     }
 
     /// Encoder output for token ids under a self-attention bias (relative positions and mask).
-    fn encode_with(&self, input_ids: &Tensor, bias: &Tensor, train: bool) -> Tensor {
-        let inputs = BlockInputs { self_bias: bias, encoder: None, attention: self.attention, train };
+    fn encode_with(&self, input_ids: &Tensor, bias: Tensor, train: bool) -> Tensor {
+        let bias = LayerBias::new(bias);
+        let inputs = BlockInputs { self_bias: &bias, encoder: None, attention: self.attention, train };
         self.encoder.forward(&input_ids.apply(&self.shared), &inputs, None)
     }
 
@@ -218,7 +219,7 @@ impl T5 {
         train: bool,
     ) -> Tensor {
         let bias = self.decoder_bias(decoder_ids.size()[1], cache.as_deref());
-        self.decode_with(decoder_ids, encoder_out, &bias, &self.extended_mask(attention_mask), cache, train)
+        self.decode_with(decoder_ids, encoder_out, bias, self.extended_mask(attention_mask), cache, train)
     }
 
     /// Logits for decoder inputs under a self-attention bias and a cross-attention mask.
@@ -226,13 +227,14 @@ impl T5 {
         &self,
         decoder_ids: &Tensor,
         encoder_out: &Tensor,
-        bias: &Tensor,
-        enc_mask: &Tensor,
+        bias: Tensor,
+        enc_mask: Tensor,
         cache: Option<&mut KvCache>,
         train: bool,
     ) -> Tensor {
+        let (bias, enc_mask) = (LayerBias::new(bias), LayerBias::new(enc_mask));
         let inputs =
-            BlockInputs { self_bias: bias, encoder: Some((encoder_out, enc_mask)), attention: self.attention, train };
+            BlockInputs { self_bias: &bias, encoder: Some((encoder_out, &enc_mask)), attention: self.attention, train };
         let h = self.decoder.forward(&decoder_ids.apply(&self.shared), &inputs, cache);
         match &self.lm_head {
             Some(head) => head.forward(&h),
@@ -273,11 +275,11 @@ impl T5 {
         let (s, t) = (input_ids.size()[1], labels.size()[1]);
         let encoder_bias = self.encoder.blocks[0].self_attn.compute_bias(s, s, 0)
             + self.segment_mask(source_segments, source_segments);
-        let enc = self.encode_with(input_ids, &encoder_bias, train);
+        let enc = self.encode_with(input_ids, encoder_bias, train);
         let decoder_bias = self.decoder_bias(t, None) + self.segment_mask(label_segments, label_segments);
         let cross = self.segment_mask(label_segments, source_segments);
         let decoder_ids = self.shift_right_in_segments(labels, label_segments);
-        let logits = self.decode_with(&decoder_ids, &enc, &decoder_bias, &cross, None, train);
+        let logits = self.decode_with(&decoder_ids, &enc, decoder_bias, cross, None, train);
         self.mean_cross_entropy(&logits, labels)
     }
 

@@ -204,7 +204,7 @@ mod tests {
     /// `long`-th label 150 tokens instead (0: none).
     fn table(n: usize, long: usize) -> TokenTable {
         let len = |i: usize, m: usize, lo: usize| lo + (i * 7919 + i * i * 31) % m;
-        let label = |i: usize| if long > 0 && i % long == 0 { 150 } else { len(i + 3, 39, 2) };
+        let label = |i: usize| if long > 0 && i.is_multiple_of(long) { 150 } else { len(i + 3, 39, 2) };
         TokenTable {
             ids: (0..n).map(|i| i.to_string()).collect(),
             input_ids: (0..n).map(|i| (0..len(i, 296, 5)).map(|t| 2 + (t % 50) as i32).collect()).collect(),
@@ -259,7 +259,7 @@ mod tests {
         let epoch = check_epoch(&tokens, &p);
         let long: Vec<&Vec<usize>> = epoch.iter().filter(|b| p.shape(&tokens, b)[2] == 160).collect();
         assert_eq!(long.len(), 2, "10 long labels, one per row, 8 rows a batch");
-        assert!(long.iter().all(|b| b.iter().all(|&r| r % 50 == 0)), "only long labels there");
+        assert!(long.iter().all(|b| b.iter().all(|&r| r.is_multiple_of(50))), "only long labels there");
     }
 
     #[test]

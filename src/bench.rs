@@ -64,8 +64,8 @@ pub struct BenchOptions {
     /// over fp32 weights (the training stages' `bf16_weights`).
     #[arg(long)]
     pub bf16_weights: bool,
-    /// Training packs several dialogues per row, all batches one shape (the training stages'
-    /// `pack`).
+    /// Training packs several dialogues per row, the batches in one shape (two with the longest
+    /// summaries; the training stages' `pack`).
     #[arg(long)]
     pub pack: bool,
 }

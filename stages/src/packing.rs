@@ -1,5 +1,5 @@
 //! Packing: several training examples per row, so that rows are full instead of padded, and
-//! every batch of an epoch has one shape.
+//! an epoch's batches come in one shape (two where a few summaries are long).
 //!
 //! Padding to a few shapes costs work: on DialogSum's train split a CUDA-graph epoch computes
 //! 1.36–1.41 tokens per real one ([`crate::shapes`]). Packed, dialogues fill rows of the
@@ -8,7 +8,8 @@
 //! ([`crate::t5::T5::packed_loss`]), so the loss is the one the examples give in rows of their
 //! own. What packing costs instead: attention runs over the whole row (its masked scores are
 //! computed too), which for T5-base's 768-wide layers and 512-token rows is about a tenth of
-//! a layer's products.
+//! a layer's products — and more on the CPU, which writes attention out (measured there:
+//! slower than unpacked batches, so packing is opt-in; `benchmarks/README.md`).
 //!
 //! Label rows are sized for the summaries a row of dialogues usually brings, not for the
 //! longest summary of all (DialogSum's train split: 84 label tokens per 512 source tokens on

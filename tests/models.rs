@@ -206,6 +206,35 @@ fn bench_measures_training_generation_and_scoring() {
     // Length-bucketed batches pad a little: between none and a fifth more tokens than real ones.
     let computed = figures[0]["computed_per_real"].as_f64().unwrap();
     assert!((1.0..1.2).contains(&computed), "{computed}");
+    // Packed: rows as wide as the longest dialogue (512 tokens), yet full: about as few tokens
+    // computed per real one as length-bucketed batches (rows of 512 padded would be ~3).
+    let packed_json = s.path().join("packed.json");
+    let packed = s.ok(&[
+        "bench",
+        "--model",
+        m,
+        "--device",
+        "cpu",
+        "--data",
+        data.to_str().unwrap(),
+        "--results",
+        results.to_str().unwrap(),
+        "--train-steps",
+        "3",
+        "--batch-tokens",
+        "2048",
+        "--generate",
+        "0",
+        "--generate-one-at-a-time",
+        "0",
+        "--pack",
+        "--json",
+        packed_json.to_str().unwrap(),
+    ]);
+    assert!(packed.stdout.contains("train, full fine-tuning, packed (2 steps after 1 warm-up; "), "{}", packed.stdout);
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(packed_json).unwrap()).unwrap();
+    let packed_computed = report["figures"][0]["computed_per_real"].as_f64().unwrap();
+    assert!((1.0..1.15).contains(&packed_computed), "packed {packed_computed} (unpacked {computed})");
     // A bad choice is refused before anything runs; one step would leave nothing timed.
     let fp16 = s.run(&["bench", "--model", m, "--device", "cpu", "--dtype", "fp16"]);
     assert_ne!(fp16.code, 0);

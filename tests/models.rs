@@ -169,20 +169,14 @@ fn bench_measures_training_generation_and_scoring() {
     let m = tiny_model().to_str().unwrap();
     let data = shared("dialogsum");
     let results = shared("lab-results/dialogue-summary-training-results.csv");
-    let out = s.ok(&[
-        "bench",
-        "--model",
-        m,
-        "--device",
-        "cpu",
-        "--data",
-        data.to_str().unwrap(),
-        "--results",
-        results.to_str().unwrap(),
-        "--train-steps",
-        "3",
-        "--batch-tokens",
-        "2048",
+    // 3 training steps of 2,048-token batches on the CPU, and `more`.
+    let bench = |more: &[&str]| {
+        let mut args = vec!["bench", "--model", m, "--device", "cpu", "--data", data.to_str().unwrap()];
+        args.extend(["--results", results.to_str().unwrap(), "--train-steps", "3", "--batch-tokens", "2048"]);
+        args.extend(more);
+        s.ok(&args)
+    };
+    let out = bench(&[
         "--generate",
         "6",
         "--generate-one-at-a-time",
@@ -209,28 +203,8 @@ fn bench_measures_training_generation_and_scoring() {
     // Packed: rows as wide as the longest dialogue (512 tokens), yet full: about as few tokens
     // computed per real one as length-bucketed batches (rows of 512 padded would be ~3).
     let packed_json = s.path().join("packed.json");
-    let packed = s.ok(&[
-        "bench",
-        "--model",
-        m,
-        "--device",
-        "cpu",
-        "--data",
-        data.to_str().unwrap(),
-        "--results",
-        results.to_str().unwrap(),
-        "--train-steps",
-        "3",
-        "--batch-tokens",
-        "2048",
-        "--generate",
-        "0",
-        "--generate-one-at-a-time",
-        "0",
-        "--pack",
-        "--json",
-        packed_json.to_str().unwrap(),
-    ]);
+    let packed =
+        bench(&["--generate", "0", "--generate-one-at-a-time", "0", "--pack", "--json", packed_json.to_str().unwrap()]);
     assert!(packed.stdout.contains("train, full fine-tuning, packed (2 steps after 1 warm-up; "), "{}", packed.stdout);
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(packed_json).unwrap()).unwrap();
     let packed_computed = report["figures"][0]["computed_per_real"].as_f64().unwrap();

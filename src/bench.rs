@@ -195,11 +195,10 @@ mod imp {
     use sumflow_stages::generate::{open, summarize, GenerateOptions};
     use sumflow_stages::load::read_table;
     use sumflow_stages::score::{evaluate, ScoreParams};
-    use sumflow_stages::shapes::ShapePlan;
     use sumflow_stages::t5::decode::Strategy;
     use sumflow_stages::t5::device::{DeviceChoice, DtypeChoice};
     use sumflow_stages::tokenize::{render, tokenize, TokenTable, TokenizeParams, LAB_TEMPLATE};
-    use sumflow_stages::train::{build, epoch_batches, train, Method, Padding, Precision, TrainParams};
+    use sumflow_stages::train::{build, train, Layout, Method, Precision, TrainParams};
     use sumflow_stages::{InputRef, NoProgress, StageContext};
 
     /// Peak memory over one measurement.
@@ -280,7 +279,9 @@ mod imp {
         // timed, as on the Python side; a later step's time is its real tokens over the
         // tokens/s it recorded (its forward and backward, and the previous step's update).
         // Steps past the first epoch are left out (the next epoch's batches come in another order).
-        let epoch = epoch_batches(tokens, &p, 0);
+        // The first epoch's batches, laid out as the training loop laid them out.
+        let device = b.trainable().device();
+        let (epoch, layout) = Layout::epoch(tokens, &p, 0, p.cuda_graphs && device.is_cuda());
         let timed: Vec<(&Vec<usize>, f64)> =
             epoch.iter().zip(&progress.losses).skip(1).map(|(batch, l)| (batch, l.3)).collect();
         let all: usize = tokens.input_ids.iter().chain(&tokens.labels).map(Vec::len).sum();
@@ -290,7 +291,6 @@ mod imp {
             Method::Full => "train, full fine-tuning",
             Method::Lora => "train, LoRA r32 q,v",
         };
-        let device = b.trainable().device();
         let mut what = match p.precision(device) {
             Precision::Bf16Weights => format!("{what}, bf16 weights"),
             Precision::Fp32 | Precision::Autocast => what.to_string(),
@@ -298,11 +298,7 @@ mod imp {
         if p.pack {
             what.push_str(", packed");
         }
-        // Each batch's shape as the training loop lays it out (with graphs, padded for them).
-        let graphs = p.cuda_graphs && device.is_cuda();
-        let plan = ShapePlan::new(Padding::for_training(&p, graphs), tokens, &epoch, graphs);
-        let packing = p.packing(tokens);
-        let shape = |rows: &[usize]| packing.map_or_else(|| plan.shape(tokens, rows), |k| k.shape(tokens, rows));
+        let shape = |rows: &[usize]| layout.shape(tokens, rows);
         // Real (non-pad) tokens of a batch.
         let real_tokens = |rows: &[usize]| -> usize {
             rows.iter().map(|&r| tokens.input_ids[r].len() + tokens.labels[r].len()).sum()
@@ -333,7 +329,7 @@ mod imp {
             }
         };
         let mut figures = vec![figure(format!("{} steps after 1 warm-up", timed.len()), &timed)];
-        if p.cuda_graphs && b.trainable().device().is_cuda() {
+        if p.cuda_graphs && device.is_cuda() {
             // Also the steady state: the steps that replayed a graph captured by an earlier step
             // of the same batch shape (padded as the training loop pads it).
             let mut seen = std::collections::HashSet::new();

@@ -196,11 +196,6 @@ impl TrainParams {
         }
     }
 
-    /// With `pack`, how `tokens` are packed.
-    pub fn packing(&self, tokens: &TokenTable) -> Option<Packing> {
-        self.pack.then(|| Packing::for_table(tokens, self.batch_tokens, self.max_batch_rows))
-    }
-
     /// Whether the forward pass runs under bf16 autocast on `device`.
     fn autocast(&self, device: Device) -> bool {
         self.precision(device) == Precision::Autocast
@@ -297,15 +292,6 @@ pub fn batches(tokens: &TokenTable, budget: usize, max_rows: usize, seed: u64, e
     out
 }
 
-/// Epoch `epoch`'s batches as `p` makes them, each a list of examples: length-bucketed
-/// ([`batches`]) or, with `pack`, packed ([`Packing::batches`]: in row order).
-pub fn epoch_batches(tokens: &TokenTable, p: &TrainParams, epoch: u64) -> Vec<Vec<usize>> {
-    match p.packing(tokens) {
-        Some(packing) => packing.batches(tokens, p.seed, epoch),
-        None => batches(tokens, p.batch_tokens, p.max_batch_rows, p.seed, epoch),
-    }
-}
-
 impl Padding {
     /// How training pads batches for `p`; with `graphs` (steps replayed as CUDA graphs) rows go
     /// to multiples of 8 too, for fewer shapes.
@@ -369,7 +355,7 @@ pub enum Collated {
 
 impl Collated {
     /// `examples` laid out as `layout` says: packed, or padded to their shape in the plan.
-    pub fn new(tokens: &TokenTable, examples: &[usize], layout: Layout, device: Device) -> Collated {
+    pub fn new(tokens: &TokenTable, examples: &[usize], layout: &Layout, device: Device) -> Collated {
         match layout {
             Layout::Packed(packing) => {
                 let b = packing.collate(tokens, examples);
@@ -416,12 +402,35 @@ impl Collated {
 }
 
 /// How an epoch's batches are laid out.
-#[derive(Clone, Copy)]
-pub enum Layout<'a> {
-    /// One example per row, in the shapes of a plan.
-    Padded(&'a ShapePlan),
-    /// Packed.
+pub enum Layout {
+    /// One example per row, each batch padded to its shape in the plan.
+    Padded(ShapePlan),
+    /// Several examples per row (`pack`).
     Packed(Packing),
+}
+
+impl Layout {
+    /// Epoch `epoch` of `tokens` as `p` makes it: its batches, each a list of examples —
+    /// length-bucketed ([`batches`]) or, with `pack`, packed ([`Packing::batches`], in row
+    /// order) — and how they are laid out. `graphs`: steps replayed as CUDA graphs, which pad
+    /// unpacked batches to few shapes ([`Padding::for_training`], [`ShapePlan`]).
+    pub fn epoch(tokens: &TokenTable, p: &TrainParams, epoch: u64, graphs: bool) -> (Vec<Vec<usize>>, Layout) {
+        if p.pack {
+            let packing = Packing::for_table(tokens, p.batch_tokens, p.max_batch_rows);
+            return (packing.batches(tokens, p.seed, epoch), Layout::Packed(packing));
+        }
+        let list = batches(tokens, p.batch_tokens, p.max_batch_rows, p.seed, epoch);
+        let plan = ShapePlan::new(Padding::for_training(p, graphs), tokens, &list, graphs);
+        (list, Layout::Padded(plan))
+    }
+
+    /// The shape the batch `examples` runs in.
+    pub fn shape(&self, tokens: &TokenTable, examples: &[usize]) -> Shape {
+        match self {
+            Layout::Padded(plan) => plan.shape(tokens, examples),
+            Layout::Packed(packing) => packing.shape(tokens, examples),
+        }
+    }
 }
 
 /// Where a run is: enough to continue exactly.
@@ -538,8 +547,16 @@ pub fn train(
         });
     }
     let mut opt = AdamW::new(weights::variables(b.trainable()), p.weight_decay.expect("defaults filled"), compute);
-    let packing = p.packing(train);
-    let per_epoch = epoch_batches(train, p, 0).len() as u64;
+    let mut graphs = match device {
+        Device::Cuda(_) if p.cuda_graphs => {
+            Some(CudaGraphs::new(device).map_err(|e| StageError::data("cuda_graphs", e))?)
+        }
+        _ => None,
+    };
+    // The epoch's batches and how they are laid out (with graphs, rare shapes in larger ones).
+    let mut epoch = Layout::epoch(train, p, 0, graphs.is_some());
+    let mut epoch_number = 0;
+    let per_epoch = epoch.0.len() as u64;
     // Like transformers' Trainer, `max_steps` overrides the epochs.
     let total = p.max_steps.unwrap_or(per_epoch * p.epochs);
     let ckpt = Checkpoints { dir: work.to_path_buf() };
@@ -553,25 +570,15 @@ pub fn train(
     let mut bad = 0;
     let mut profile = StepProfile::from_env(device);
     let mut trace = StepTrace::from_env(device);
-    let mut graphs = match device {
-        Device::Cuda(_) if p.cuda_graphs => {
-            Some(CudaGraphs::new(device).map_err(|e| StageError::data("cuda_graphs", e))?)
-        }
-        _ => None,
-    };
-    let padding = Padding::for_training(p, graphs.is_some());
     let mut spent = Spent::default();
     let mut last_checkpoint = Instant::now();
-    // The epoch's batches and the shapes they run in (with graphs, rare shapes in larger ones).
-    let mut epoch: Option<(u64, Vec<Vec<usize>>, ShapePlan)> = None;
     let mut taken = 0;
     while progress.step < total {
-        if epoch.as_ref().is_none_or(|(e, ..)| *e != progress.epoch) {
-            let list = epoch_batches(train, p, progress.epoch);
-            let plan = ShapePlan::new(padding, train, &list, graphs.is_some() && packing.is_none());
-            epoch = Some((progress.epoch, list, plan));
+        if epoch_number != progress.epoch {
+            epoch = Layout::epoch(train, p, progress.epoch, graphs.is_some());
+            epoch_number = progress.epoch;
         }
-        let (_, epoch_batches, plan) = epoch.as_ref().expect("just set");
+        let (epoch_batches, layout) = &epoch;
         if progress.batch >= epoch_batches.len() {
             progress.epoch += 1;
             progress.batch = 0;
@@ -593,10 +600,6 @@ pub fn train(
         let rows = &epoch_batches[progress.batch];
         // Real (non-pad) tokens, counted on the host: no device sync for a figure.
         let tokens: usize = rows.iter().map(|&r| train.input_ids[r].len() + train.labels[r].len()).sum();
-        let layout = match packing {
-            Some(packing) => Layout::Packed(packing),
-            None => Layout::Padded(plan),
-        };
         let batch = Collated::new(train, rows, layout, device);
         mark("batch");
         seed_step(p, progress.step);
@@ -1012,8 +1015,8 @@ mod tests {
         assert_eq!((epoch.len(), examples.len()), (1, 32));
         assert!(packing.rows(&tokens, examples).len() <= 16, "several examples share rows");
         let plan = ShapePlan::new(Padding::NONE, &tokens, &[], false);
-        let padded = Collated::new(&tokens, examples, Layout::Padded(&plan), Device::Cpu);
-        let packed = Collated::new(&tokens, examples, Layout::Packed(packing), Device::Cpu);
+        let padded = Collated::new(&tokens, examples, &Layout::Padded(plan), Device::Cpu);
+        let packed = Collated::new(&tokens, examples, &Layout::Packed(packing), Device::Cpu);
         let b = fresh(Method::Full, Device::Cpu);
         let grads = |loss: Tensor| {
             let value = loss.double_value(&[]);

@@ -41,4 +41,4 @@ test: venv
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 	$(TORCH_ENV) cargo clippy --workspace --all-targets --locked --features torch -- -D warnings
-	$(TORCH_ENV) SUMFLOW_PYTHON=$(CURDIR)/$(VENV)/bin/python cargo test --workspace --locked --features torch
+	$(TORCH_ENV) cargo test --workspace --locked --features torch

@@ -9,7 +9,14 @@ use codespan_reporting::diagnostic::{Diagnostic as Codespan, Label};
 use codespan_reporting::files::SimpleFile;
 use codespan_reporting::term::{emit_into_string, Config};
 
-use crate::pipeline::span::Pos;
+/// A 1-based line and column in a pipeline file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pos {
+    /// Line, from 1.
+    pub line: usize,
+    /// Column in characters, from 1.
+    pub col: usize,
+}
 
 /// One problem in a pipeline file.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,4 +1,5 @@
-//! The runner's errors. `main` prints them; everything else returns them.
+//! The runner's errors. Each keeps what caused it as its source; `main` prints the chain
+//! (`error: …` then `caused by: …`), and nothing else prints errors.
 
 use std::path::PathBuf;
 
@@ -11,7 +12,7 @@ pub enum Error {
     #[error("{0}")]
     Pipeline(Diagnostics),
     /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
+    #[error("{}", path.display())]
     Io {
         /// The file or folder.
         path: PathBuf,
@@ -19,30 +20,41 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// A stage failed (its error names the file, row or field at fault).
-    #[error("stage `{stage}` ({kind}) failed: {source}")]
-    Stage {
-        /// The stage id.
-        stage: String,
-        /// Its kind.
-        kind: String,
-        /// What went wrong.
-        #[source]
-        source: sumflow_stages::StageError,
+    /// A stage, or a tool running a stage's code, failed (its error names the file, row or
+    /// field at fault).
+    #[error(transparent)]
+    Stage(#[from] sumflow_stages::StageError),
+    /// A stage panicked (a bug, or a libtorch failure tch turned into a panic).
+    #[error("the stage panicked: {0}")]
+    Panicked(String),
+    /// A file a stage reads changed after its digest was taken (while the stage read it, or
+    /// while it was hashed): the key would name one version and the output another.
+    #[error("{} changed while it was being read; run again once it stays as it is", path.display())]
+    InputChanged {
+        /// The file.
+        path: PathBuf,
     },
-    /// A model command failed.
-    #[error("{0}")]
-    Model(#[from] sumflow_stages::StageError),
     /// Stages failed; each was reported as it happened.
     #[error("{} stage{} failed: {}", .0.len(), if .0.len() == 1 { "" } else { "s" }, .0.join(", "))]
     StagesFailed(Vec<String>),
     /// A file in the cache is not what it should be.
-    #[error("cache {path}: {message}")]
+    #[error("cache {}: {message}", path.display())]
     Cache {
         /// The file.
         path: PathBuf,
         /// What is wrong.
         message: String,
+    },
+    /// A JSON file of the cache (an entry, a manifest, a memo) does not parse.
+    #[error("{}: not a sumflow {what}", path.display())]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// What it should be.
+        what: &'static str,
+        /// The underlying error.
+        #[source]
+        source: serde_json::Error,
     },
     /// `--frozen` and some stage would run.
     #[error("--frozen: {0}")]
@@ -50,6 +62,10 @@ pub enum Error {
     /// An audit found mismatches.
     #[error("audit failed: {0}")]
     Audit(String),
+    /// Whoever read the command's output stopped reading (a closed pipe): the command ends
+    /// quietly.
+    #[error("standard output was closed")]
+    ReaderGone,
     /// A command-line problem not caught by clap.
     #[error("{0}")]
     Usage(String),
@@ -60,4 +76,15 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
     }
+}
+
+/// The messages of an error and of every error beneath it, outermost first.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut out = vec![e.to_string()];
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push(c.to_string());
+        cause = c.source();
+    }
+    out
 }

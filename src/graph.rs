@@ -1,12 +1,10 @@
-//! The stage graph (petgraph): a topological order, a cycle named stage by stage, and DOT or
-//! Mermaid renderings for `sumflow graph`.
+//! The stage graph's order (petgraph): a topological order of the stages, or one cycle named
+//! stage by stage. It works on indices and edges only, and knows nothing of pipelines.
 
 use std::collections::{HashMap, VecDeque};
 
 use petgraph::algo::{tarjan_scc, toposort};
 use petgraph::graph::{DiGraph, NodeIndex};
-
-use crate::pipeline::Pipeline;
 
 /// Edges `from → to` between `n` nodes: a topological order, or one cycle as node indices
 /// (first node repeated at the end).
@@ -49,46 +47,6 @@ fn find_cycle(g: &DiGraph<usize, ()>) -> Vec<usize> {
         }
     }
     unreachable!("a strongly connected component has a cycle through each node")
-}
-
-/// Output format of `sumflow graph`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum GraphFormat {
-    /// Graphviz DOT.
-    Dot,
-    /// A Mermaid flowchart.
-    Mermaid,
-}
-
-/// Renders the pipeline's stages and the outputs flowing between them.
-pub fn render(p: &Pipeline, format: GraphFormat) -> String {
-    let mut out = String::new();
-    let edges = p
-        .stages
-        .iter()
-        .flat_map(|s| s.inputs.iter().map(move |b| (p.stages[b.stage].id.as_str(), s.id.as_str(), b.output.as_str())));
-    match format {
-        GraphFormat::Dot => {
-            out.push_str(&format!("digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box];\n", p.name));
-            for s in &p.stages {
-                out.push_str(&format!("  \"{}\" [label=\"{}\\n({})\"];\n", s.id, s.id, s.stage.kind()));
-            }
-            for (from, to, output) in edges {
-                out.push_str(&format!("  \"{from}\" -> \"{to}\" [label=\"{output}\"];\n"));
-            }
-            out.push_str("}\n");
-        }
-        GraphFormat::Mermaid => {
-            out.push_str("flowchart LR\n");
-            for s in &p.stages {
-                out.push_str(&format!("  {}[\"{}<br/>({})\"]\n", s.id, s.id, s.stage.kind()));
-            }
-            for (from, to, output) in edges {
-                out.push_str(&format!("  {from} -->|{output}| {to}\n"));
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]

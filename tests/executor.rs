@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sumflow::cache::{self, Cache};
-use sumflow::executor::{self, Event, Outcome, Reporter, RunOptions};
 use sumflow::pipeline::{self, Pipeline};
+use sumflow::run::executor::{self, Event, Outcome, Reporter, RunOptions};
 use sumflow_stages::{
     ArtifactKind, InputRef, InputSlot, NoProgress, OutputDecl, Progress, Registry, Resource, Stage, StageContext,
     StageError,
@@ -35,7 +35,7 @@ fn unique_tag() -> String {
     format!("t{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct FakeParams {
     tag: String,
@@ -176,16 +176,16 @@ fn a_failing_stage_leaves_no_artifact_and_skips_only_its_descendants() {
     );
     let outcomes = s.run(&yaml, &RunOptions::default());
     assert_eq!(outcomes[0], Outcome::Ran);
-    assert!(matches!(&outcomes[1], Outcome::Failed(e) if e.contains("deliberate failure")), "{outcomes:?}");
+    assert!(matches!(&outcomes[1], Outcome::Failed(e) if e.to_string().contains("deliberate failure")), "{outcomes:?}");
     assert!(matches!(&outcomes[2], Outcome::Skipped(e) if e.contains("bad")), "{outcomes:?}");
     assert!(
-        matches!(&outcomes[3], Outcome::Failed(e) if e.contains("panicked") && e.contains("deliberate panic")),
+        matches!(&outcomes[3], Outcome::Failed(e) if e.to_string().contains("panicked") && e.to_string().contains("deliberate panic")),
         "{outcomes:?}"
     );
     // Only `ok` was committed; nothing of the failed stages is in the cache or its scratch.
     let cache = Cache::open(&s.sandbox.cache()).unwrap();
     assert_eq!(s.sandbox.entries(), 1);
-    let report = cache::verify(&cache).unwrap();
+    let report = cache::verify(&cache, false).unwrap();
     assert_eq!((report.artifacts, report.orphans, report.scratch), (1, 0, 0));
     assert!(report.problems.is_empty());
 }
@@ -209,14 +209,14 @@ fn force_and_only_select_stages() {
     let t = unique_tag();
     let yaml = format!("name: t\nstages:\n  a: {{kind: fake, tag: a{t}}}\n  b: {{kind: fake, tag: b{t}, input: a}}\n  x: {{kind: fake, tag: x{t}}}\n");
     let only_b = RunOptions {
-        selection: sumflow::plan::Selection { only: vec!["b".into()], force: vec![] },
+        selection: sumflow::run::plan::Selection { only: vec!["b".into()], force: vec![] },
         ..RunOptions::default()
     };
     let outcomes = s.run(&yaml, &only_b);
     assert_eq!(outcomes[..2], [Outcome::Ran, Outcome::Ran]);
     assert!(matches!(outcomes[2], Outcome::Skipped(_)));
     let force_a = RunOptions {
-        selection: sumflow::plan::Selection { force: vec!["a".into()], only: vec![] },
+        selection: sumflow::run::plan::Selection { force: vec!["a".into()], only: vec![] },
         ..RunOptions::default()
     };
     // a reruns (same recipe, so b's key is unchanged and b stays a hit); x runs for the first time.

@@ -296,3 +296,26 @@ fn the_report_opens_in_chromium_and_is_not_blank() {
     let total = pixels.len() / channels;
     assert!(non_white > total / 100, "{non_white} of {total} pixels are not white: the page looks blank");
 }
+
+/// The keys of the lab-results pipeline's `load`, `subsample` and `score` stages, as they were
+/// before the stages crate was reorganized (`sumflow plan --format json`): caches made before
+/// it still hit.
+#[test]
+fn the_lab_results_cache_keys_stay_what_they_were() {
+    let s = Sandbox::new();
+    let mut cmd = s.cmd(&["plan", "pipelines/lab-results.yaml", "--format", "json"]);
+    let out = cmd.current_dir(repo()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plans: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keys: Vec<(&str, &str)> =
+        plans.as_array().unwrap().iter().map(|p| (p["id"].as_str().unwrap(), p["key"].as_str().unwrap())).collect();
+    assert_eq!(
+        keys[..4],
+        [
+            ("results", "78db18eadaaee2444dd4ead20a77787498a9207f32cde9b7247fa747e2005634"),
+            ("quick", "6daabe91c1a64958fd19b261e77abc7aff2c69aad915722613f486d7ac0b7638"),
+            ("scores", "fb0db00eb690727841c6c598a639d6cccddb2738de0c495067a96993b566f7a2"),
+            ("quick-scores", "b3e168a510f2fa05bab9c08a16a85b163b3c9110019c7b40617d23868b80f228"),
+        ]
+    );
+}

@@ -4,8 +4,10 @@
 
 mod common;
 
+mod architecture;
 mod cache;
 mod executor;
+mod hostile;
 mod lab;
 mod load;
 #[cfg(feature = "torch")]

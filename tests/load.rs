@@ -95,5 +95,5 @@ fn dialogsum_folder_gives_one_output_per_split() {
 #[test]
 fn missing_file_fails_before_running() {
     let s = Sandbox::new();
-    fails_with(&s, "nope.csv", "", &["stage `data`", "nope.csv"]);
+    fails_with(&s, "nope.csv", "", &["error: stages.data.path: `nope.csv` does not exist\n  ┌─ p.yaml:3:22"]);
 }

@@ -106,7 +106,7 @@ fn summarize_a_text_and_a_file_alike() {
         "cpu",
     ]);
     let mut rows = csv::Reader::from_path(s.path().join("out.csv")).unwrap();
-    assert_eq!(rows.headers().unwrap().iter().collect::<Vec<_>>(), ["id", "dialogue", "summary"]);
+    assert_eq!(rows.headers().unwrap().iter().collect::<Vec<_>>(), ["id", "dialogue", "prediction"]);
     let rows: Vec<csv::StringRecord> = rows.records().map(Result::unwrap).collect();
     assert_eq!(rows.len(), 2);
     assert_eq!(format!("{}\n", &rows[0][2]), text, "the same summary either way");
@@ -212,8 +212,237 @@ fn bench_measures_training_generation_and_scoring() {
     // A bad choice is refused before anything runs; one step would leave nothing timed.
     let fp16 = s.run(&["bench", "--model", m, "--device", "cpu", "--dtype", "fp16"]);
     assert_ne!(fp16.code, 0);
-    assert!(fp16.stderr.contains("--dtype fp16: use auto, fp32 or bf16"), "{}", fp16.stderr);
+    assert_eq!(fp16.stderr, "error: --dtype: `fp16`: use auto, fp32 or bf16\n");
     let one = s.run(&["bench", "--model", m, "--device", "cpu", "--train-steps", "1"]);
     assert_ne!(one.code, 0);
-    assert!(one.stderr.contains("--train-steps: at least 2 (the first warms up and is not timed)"), "{}", one.stderr);
+    assert_eq!(one.stderr, "error: --train-steps: at least 2 (the first warms up and is not timed)\n");
+}
+
+/// A copy of the tiny model in `dir`, and the blake3 of each of its files.
+fn model_copy(dir: &Path) -> Vec<(String, String)> {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(tiny_model()).unwrap() {
+        let from = entry.unwrap().path();
+        let to = dir.join(from.file_name().unwrap());
+        std::fs::copy(&from, &to).unwrap();
+        files.push((to.display().to_string(), blake3::hash(&std::fs::read(&to).unwrap()).to_hex().to_string()));
+    }
+    files.sort();
+    files
+}
+
+fn hashes(files: &[(String, String)]) -> Vec<(String, String)> {
+    files.iter().map(|(f, _)| (f.clone(), blake3::hash(&std::fs::read(f).unwrap()).to_hex().to_string())).collect()
+}
+
+/// Item 1: `merge` never writes over its base or its adapter (however the folder is spelled),
+/// nor into an existing folder, and writes a new folder whole or not at all.
+#[test]
+fn merge_never_overwrites_its_inputs() {
+    let s = Sandbox::new();
+    let base = s.path().join("M");
+    let before = model_copy(&base);
+    s.write(
+        "p.yaml",
+        format!(
+            "name: a\nstages:\n  data: {{kind: load, path: {}}}\n  tok: {{kind: tokenize, input: data.validation, model: M}}\n  lora: {{kind: train-lora, train: tok, model: M, device: cpu, max_steps: 1, batch_tokens: 2048}}\n",
+            shared("dialogsum").display()
+        ),
+    );
+    s.ok(&["run", "p.yaml"]);
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(s.ok(&["audit", "latest"]).stdout.split(':').next().unwrap()).unwrap(),
+    )
+    .unwrap();
+    let digest = m["stages"][2]["outputs"]["adapter"]["digest"].as_str().unwrap();
+    let adapter = s.path().join("A");
+    std::fs::create_dir(&adapter).unwrap();
+    for f in ["adapter_model.safetensors", "adapter_config.json"] {
+        std::fs::copy(s.cache().join("artifacts").join(digest).join(f), adapter.join(f)).unwrap();
+    }
+    let abs = base.display().to_string();
+    for (out, is) in
+        [("M", "--base"), ("./M", "--base"), (abs.as_str(), "--base"), ("M/merged", "--base"), ("A/x", "ADAPTER")]
+    {
+        let run = s.run(&["merge", "A", "--base", "M", "--out", out]);
+        assert_eq!(run.code, 1, "--out {out}");
+        let dir = if is == "ADAPTER" { "A" } else { "M" };
+        assert_eq!(
+            run.stderr,
+            format!("error: --out: {out} is {is} or inside it ({dir}): merge writes a new folder\n"),
+            "--out {out}"
+        );
+    }
+    assert_eq!(hashes(&before), before, "the base model is untouched");
+    std::fs::create_dir(s.path().join("taken")).unwrap();
+    std::fs::write(s.path().join("taken/keep.txt"), "mine").unwrap();
+    let taken = s.run(&["merge", "A", "--base", "M", "--out", "taken"]);
+    assert_eq!(taken.stderr, "error: --out: taken exists; choose a new folder\n");
+    s.ok(&["merge", "A", "--base", "M", "--out", "merged"]);
+    let merged: Vec<String> = std::fs::read_dir(s.path().join("merged"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        merged.contains(&"model.safetensors".to_string()) && merged.contains(&"config.json".to_string()),
+        "{merged:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(s.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"))
+            .count(),
+        0
+    );
+}
+
+/// Item 11: `summarize` checks its flags as the `generate` stage checks its params, writes the
+/// format its output's extension names, as a new file, with a `prediction` column beside the
+/// input's columns — which sumflow's own `load` reads back.
+#[test]
+fn summarize_flags_and_outputs_are_those_of_the_stage() {
+    let s = Sandbox::new();
+    let m = tiny_model().to_str().unwrap();
+    let test = shared("dialogsum/test.csv");
+    let test = test.to_str().unwrap();
+    for (flag, says) in [
+        ("--max-new-tokens=0", "error: --max-new-tokens: must be between 1 and 4096\n"),
+        ("--num-beams=0", "error: --num-beams: must be at least 1\n"),
+    ] {
+        let out = s.run(&["summarize", "--model", m, "--device", "cpu", flag, "hello"]);
+        assert_eq!((out.code, out.stderr.as_str()), (1, says), "{flag}");
+    }
+    s.write("few.csv", "id,dialogue,summary\na,#Person1#: Hi.,A greeting.\nb,#Person2#: Bye.,A farewell.\n");
+    for name in ["out.parquet", "out.jsonl", "out.csv"] {
+        s.ok(&[
+            "summarize",
+            "--model",
+            m,
+            "--device",
+            "cpu",
+            "--max-new-tokens",
+            "4",
+            "--input",
+            "few.csv",
+            "--output",
+            name,
+        ]);
+        // (A random model may well say nothing.)
+        let require = "require: [id, dialogue, summary, prediction], allow_empty: [prediction]";
+        s.write("p.yaml", format!("name: t\nstages:\n  back: {{kind: load, path: {name}, {require}}}\n"));
+        let back = s.ok(&["run", "p.yaml"]);
+        assert!(back.stdout.contains("back: all: 2 rows"), "{name}: {}", back.stdout);
+    }
+    let again = s.run(&["summarize", "--model", m, "--input", "few.csv", "--output", "out.csv"]);
+    assert_eq!(again.stderr, "error: --output: out.csv exists; choose a new file\n");
+    let odd = s.run(&["summarize", "--model", m, "--input", test, "--output", "out.txt"]);
+    assert_eq!(odd.stderr, "error: --output: out.txt: name a .csv, .jsonl or .parquet file\n");
+}
+
+/// Items 6, 8 and 9: a model folder that is not what it claims — a config out of range or of
+/// another kind, a tokenizer with no vocabulary or more pieces than embeddings, weights that
+/// are not numbers — is refused with the file and the reason, never a crash; so are a `top_k`
+/// beyond the vocabulary and an absurd `make-model` vocabulary.
+#[test]
+fn broken_model_folders_are_refused_naming_the_file() {
+    let s = Sandbox::new();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny_model().join("config.json")).unwrap()).unwrap();
+    type Breaking = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Breaking, String)> = vec![
+        (
+            "layers",
+            Box::new(|d: &Path| set(d, "num_layers", 0.into())),
+            "`num_layers` is 0; it must be between 1 and 128".into(),
+        ),
+        (
+            "decoder",
+            Box::new(|d: &Path| set(d, "num_decoder_layers", 0.into())),
+            "`num_decoder_layers` is 0; it must be between 1 and 128".into(),
+        ),
+        (
+            "width",
+            Box::new(|d: &Path| set(d, "d_model", (-5).into())),
+            "`d_model` is -5; it must be between 1 and 16384".into(),
+        ),
+        (
+            "start",
+            Box::new(|d: &Path| set(d, "decoder_start_token_id", 999_999.into())),
+            "`decoder_start_token_id` is 999999; it must be between 0 and 32127".into(),
+        ),
+        (
+            "ffn",
+            Box::new(|d: &Path| set(d, "feed_forward_proj", "banana".into())),
+            "`feed_forward_proj` is `banana`: this T5 has `relu` or `gated-gelu`".into(),
+        ),
+        (
+            "vocab",
+            Box::new(|d: &Path| set(d, "vocab_size", 100.into())),
+            "`lm_head.weight` has shape [32128, 64], the model expects [100, 64]".into(),
+        ),
+        (
+            "empty",
+            Box::new(|d: &Path| {
+                std::fs::write(d.join("tokenizer.json"), r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":null,"post_processor":null,"decoder":null,"model":{"type":"BPE","dropout":null,"unk_token":null,"continuing_subword_prefix":null,"end_of_word_suffix":null,"fuse_unk":false,"byte_fallback":false,"vocab":{},"merges":[]}}"#).unwrap()
+            }),
+            "the tokenizer has no vocabulary".into(),
+        ),
+    ];
+    fn set(d: &Path, key: &str, value: serde_json::Value) {
+        let path = d.join("config.json");
+        let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        c[key] = value;
+        std::fs::write(path, c.to_string()).unwrap();
+    }
+    assert_eq!(config["num_layers"], 2);
+    for (name, break_it, says) in cases {
+        let dir = s.path().join(name);
+        model_copy(&dir);
+        break_it(&dir);
+        let out = s.run(&["summarize", "--model", dir.to_str().unwrap(), "--device", "cpu", "hello"]);
+        assert_eq!(out.code, 1, "{name}: {}", out.stderr);
+        assert!(out.stderr.starts_with("error: ") && out.stderr.contains(&says), "{name}: {}", out.stderr);
+        assert!(!out.stderr.contains("panicked"), "{name}: {}", out.stderr);
+    }
+    // Weights that are not numbers.
+    let nan = s.path().join("nan");
+    model_copy(&nan);
+    let path = nan.join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    for b in &mut bytes[8 + header..8 + header + 4096] {
+        *b = 0xff;
+    }
+    std::fs::write(&path, bytes).unwrap();
+    let out = s.run(&["summarize", "--model", nan.to_str().unwrap(), "--device", "cpu", "hello"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("holds values that are not finite (NaN or infinity)"), "{}", out.stderr);
+    // A top_k beyond the vocabulary; a vocabulary beyond the model.
+    s.write(
+        "p.yaml",
+        format!(
+            "name: t\nstages:\n  d: {{kind: load, path: {}}}\n  g: {{kind: generate, input: d.validation, model: {}, device: cpu, max_new_tokens: 2, decoding: {{strategy: sample, top_k: 100000000}}}}\n",
+            shared("dialogsum").display(),
+            tiny_model().display()
+        ),
+    );
+    let out = s.run(&["run", "p.yaml"]);
+    assert!(
+        out.stderr.contains("        error: decoding.top_k: 100000000 is more than the model's 32128 tokens\n"),
+        "{}",
+        out.stderr
+    );
+    let out = s.run(&[
+        "make-model",
+        "--arch",
+        "tiny",
+        "--tokenizer-data",
+        "x.csv",
+        "--vocab-size",
+        "1000000000",
+        "--out",
+        "big",
+    ]);
+    assert_eq!(out.stderr, "error: --vocab-size: must be between 200 and 32000\n");
 }

@@ -300,3 +300,91 @@ fn bad_training_params_are_refused_before_anything_runs() {
         assert!(out.stderr.contains(says), "{params}: {}", out.stderr);
     }
 }
+
+#[test]
+fn runtime_options_that_change_numbers_enter_model_keys_and_every_manifest() {
+    let s = Sandbox::new();
+    pipeline(&s, &stage("max_steps: 2, checkpoint_every: 0", "train-lora", "lora"));
+    s.ok(&["run", "p.yaml"]);
+    // The manifest records the options the run ran with.
+    let audit = s.ok(&["audit", "latest"]);
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(audit.stdout.split(':').next().unwrap()).unwrap()).unwrap();
+    assert_eq!(m["runtime_options"]["attention"], "auto");
+    assert_eq!(m["runtime_options"]["cudnn_attention"], false);
+    assert_eq!(m["runtime_options"]["cuda_alloc_conf"], "expandable_segments:True");
+    // Another attention backend misses the training stage only, and `plan` names the option.
+    let plan = s.ok(&["plan", "p.yaml", "--attention", "explicit"]).stdout;
+    let lines: Vec<&str> = plan.lines().filter(|l| l.contains("  miss  ") || l.contains("  hit   ")).collect();
+    assert_eq!(lines.len(), 4, "{plan}");
+    assert!(lines[..3].iter().all(|l| l.contains("  hit   ")), "{plan}");
+    assert!(lines[3].ends_with("runtime option attention: default → explicit"), "{plan}");
+    // The environment sets it as the flag does; profiling changes no key.
+    let via_env = s.cmd(&["plan", "p.yaml"]).env("SUMFLOW_ATTENTION", "explicit").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&via_env.stdout), plan);
+    assert!(s.ok(&["plan", "p.yaml", "--profile"]).stdout.contains("0 of 4 stages would run"));
+    let out = s.run(&["plan", "p.yaml", "--attention", "flash"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("invalid value 'flash' for '--attention <ATTENTION>'"), "{}", out.stderr);
+}
+
+/// Item 4: a checkpoint whose files no longer match their digests (cut short, or overwritten
+/// with other weights) is discarded with a warning, never resumed from: the stage starts over
+/// and caches what an uninterrupted run makes.
+#[test]
+fn a_damaged_checkpoint_is_discarded_and_the_stage_starts_over() {
+    let train = stage("max_steps: 8, lr: 0.001, checkpoint_every: 2, dropout: 0.0", "train-full", "full");
+    let straight = Sandbox::new();
+    pipeline(&straight, &train);
+    straight.ok(&["run", "p.yaml"]);
+    let want = std::fs::read(artifact(&straight, "full", "model").join("model.safetensors")).unwrap();
+
+    for damage in ["cut short", "other weights"] {
+        let s = Sandbox::new();
+        pipeline(&s, &train);
+        assert!(run_until_killed(&s, |s| latest_checkpoint(s).is_some(), Duration::from_secs(300)), "killed");
+        let work = std::fs::read_dir(s.cache().join("work")).unwrap().next().unwrap().unwrap().path();
+        let ckpt = work.join(latest_checkpoint(&s).unwrap().trim());
+        let weights = ckpt.join("trainable.safetensors");
+        let mut bytes = std::fs::read(&weights).unwrap();
+        match damage {
+            "cut short" => bytes.truncate(bytes.len() / 2),
+            _ => {
+                let n = bytes.len();
+                bytes[n - 4] ^= 0x40;
+            }
+        }
+        std::fs::write(&weights, bytes).unwrap();
+        let out = s.ok(&["run", "p.yaml"]);
+        assert!(
+            out.stderr.contains(&format!(
+                "  warn  full: checkpoint discarded ({} does not match its recorded digest); training starts over",
+                weights.display()
+            )),
+            "{damage}: {}",
+            out.stderr
+        );
+        let got = std::fs::read(artifact(&s, "full", "model").join("model.safetensors")).unwrap();
+        assert!(got == want, "{damage}: the weights differ from an uninterrupted run's");
+        let m: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(s.ok(&["audit", "latest"]).stdout.split(':').next().unwrap()).unwrap(),
+        )
+        .unwrap();
+        let warnings = m["stages"].as_array().unwrap().iter().find(|x| x["id"] == "full").unwrap()["warnings"].clone();
+        assert_eq!(warnings.as_array().map(Vec::len), Some(1), "{damage}: the manifest keeps the warning");
+    }
+}
+
+/// Item 6: a LoRA rank larger than the projections it adapts is refused naming the field.
+#[test]
+fn a_lora_rank_larger_than_the_model_is_refused() {
+    let s = Sandbox::new();
+    pipeline(&s, &stage("max_steps: 2, lora: {r: 100}", "train-lora", "lora"));
+    let out = s.run(&["run", "p.yaml"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("        error: lora.r: 100 is larger than the projections it adapts (64 wide)\n"),
+        "{}",
+        out.stderr
+    );
+}

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use crate::error::Error;
 
-/// Held while a run writes to the cache; released on drop.
+/// Held while a run uses the cache; released on drop.
 pub struct CacheLock {
-    _file: File,
+    _file: Option<File>,
 }
 
 impl CacheLock {
@@ -40,6 +40,38 @@ impl CacheLock {
         file.seek(SeekFrom::Start(0)).map_err(io)?;
         write!(file, "{}", std::process::id()).map_err(io)?;
         file.flush().map_err(io)?;
-        Ok(CacheLock { _file: file })
+        Ok(CacheLock { _file: Some(file) })
+    }
+
+    /// A shared lock at `path`, for a run that writes no artifact (`--frozen`): runs like it
+    /// share the cache, while a run that writes waits for them (and they for it). On a cache
+    /// that cannot be written and has no lock file, no run can write either: no lock is needed.
+    pub fn shared(path: &Path, waiting: &dyn Fn(&str)) -> Result<CacheLock, Error> {
+        let io = |e| Error::io(path, e);
+        let mut file = match OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path) {
+            Ok(file) => file,
+            Err(e) if super::read_only(&e) => match File::open(path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(CacheLock { _file: None }),
+                Err(e) => return Err(io(e)),
+            },
+            Err(e) => return Err(io(e)),
+        };
+        let mut told = false;
+        loop {
+            match file.try_lock_shared() {
+                Ok(()) => return Ok(CacheLock { _file: Some(file) }),
+                Err(TryLockError::WouldBlock) => {
+                    if !told {
+                        let mut holder = String::new();
+                        let _ = file.read_to_string(&mut holder);
+                        waiting(holder.trim());
+                        told = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(TryLockError::Error(e)) => return Err(io(e)),
+            }
+        }
     }
 }

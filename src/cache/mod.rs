@@ -21,8 +21,9 @@ mod lock;
 mod maintain;
 mod store;
 
-pub use files::FileDigests;
+pub use files::{read_only, FileDigests, Stamp};
 pub use key::{input_digest, Recipe};
 pub use lock::CacheLock;
 pub use maintain::{gc, ls, verify, GcReport, VerifyReport};
-pub use store::{atomic_write, tree_digest, Cache, Entry, OutputRecord, TreeDigest};
+pub use store::{atomic_write, Cache, Entry, OutputRecord};
+pub use sumflow_stages::tools::{tree_digest, TreeDigest};

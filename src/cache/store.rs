@@ -2,11 +2,13 @@
 //! the commit protocol (artifacts first, index entry last).
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
+pub use sumflow_stages::tools::atomic_write;
+use sumflow_stages::tools::{sync_dir, sync_tree, tree_digest, TreeDigest};
 use sumflow_stages::{ArtifactKind, OutputDecl};
 
 use crate::error::Error;
@@ -22,17 +24,6 @@ pub struct OutputRecord {
     pub bytes: u64,
     /// blake3 of each file, by relative path (so an audit can name the file that changed).
     #[serde(default)]
-    pub files: BTreeMap<String, String>,
-}
-
-/// The digest of an artifact folder and of each file in it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TreeDigest {
-    /// Digest of the whole folder.
-    pub digest: String,
-    /// Total bytes.
-    pub bytes: u64,
-    /// blake3 of each file by relative path.
     pub files: BTreeMap<String, String>,
 }
 
@@ -58,56 +49,15 @@ pub struct Entry {
     /// Figures the stage recorded (throughput, counts).
     #[serde(default)]
     pub stats: BTreeMap<String, f64>,
+    /// What the stage warned about while it ran.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// A cache root.
 #[derive(Debug, Clone)]
 pub struct Cache {
     root: PathBuf,
-}
-
-pub use sumflow_stages::atomic::atomic_write;
-use sumflow_stages::atomic::sync_dir;
-
-/// Files under `dir`, as sorted `/`-separated relative paths.
-fn files_under(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
-    let mut out = Vec::new();
-    let mut stack = vec![(String::new(), dir.to_path_buf())];
-    while let Some((prefix, d)) = stack.pop() {
-        for entry in fs::read_dir(&d)? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
-            if entry.file_type()?.is_dir() {
-                stack.push((rel, entry.path()));
-            } else {
-                out.push((rel, entry.path()));
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// The blake3 digest of a folder (each file's relative path, length and content hash, in
-/// path order), with its total size and per-file digests.
-pub fn tree_digest(dir: &Path) -> std::io::Result<TreeDigest> {
-    let mut tree = blake3::Hasher::new();
-    let mut bytes = 0;
-    let mut files = BTreeMap::new();
-    for (rel, path) in files_under(dir)? {
-        let mut h = blake3::Hasher::new();
-        h.update_reader(File::open(&path)?)?;
-        let hash = h.finalize();
-        let len = fs::metadata(&path)?.len();
-        bytes += len;
-        tree.update(rel.as_bytes());
-        tree.update(&[0]);
-        tree.update(&len.to_le_bytes());
-        tree.update(hash.as_bytes());
-        files.insert(rel, hash.to_hex().to_string());
-    }
-    Ok(TreeDigest { digest: tree.finalize().to_hex().to_string(), bytes, files })
 }
 
 /// A file name made safe from any string (no separators, no `..`).
@@ -126,7 +76,11 @@ impl Cache {
     pub fn open(root: &Path) -> Result<Cache, Error> {
         for sub in ["artifacts", "index", "history", "runs", "tmp", "work"] {
             let d = root.join(sub);
-            fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+            match fs::create_dir_all(&d) {
+                // A read-only cache is read as it is (what it lacks, it does not hold).
+                Err(e) if super::read_only(&e) && root.is_dir() => {}
+                made => made.map_err(|e| Error::io(&d, e))?,
+            }
         }
         Ok(Cache { root: root.to_path_buf() })
     }
@@ -161,9 +115,10 @@ impl Cache {
 
     fn read_entry(path: &Path) -> Result<Option<Entry>, Error> {
         match fs::read_to_string(path) {
-            Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| Error::Cache {
+            Ok(text) => serde_json::from_str(&text).map(Some).map_err(|source| Error::Json {
                 path: path.to_path_buf(),
-                message: format!("unreadable entry ({e}); run `sumflow cache verify`"),
+                what: "cache entry (run `sumflow cache verify --repair`)",
+                source,
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(path, e)),
@@ -195,11 +150,15 @@ impl Cache {
         Self::read_entry(&self.history_path(pipeline, stage))
     }
 
-    /// Records `entry` as the last one of its stage.
+    /// Records `entry` as the last one of its stage (for `plan`'s reasons; on a cache that
+    /// cannot be written, left as it was).
     pub fn set_history(&self, entry: &Entry) -> Result<(), Error> {
         let path = self.history_path(&entry.pipeline, &entry.stage);
         let text = serde_json::to_vec_pretty(entry).expect("entries serialize");
-        atomic_write(&path, &text).map_err(|e| Error::io(&path, e))
+        match atomic_write(&path, &text) {
+            Err(e) if super::read_only(&e) => Ok(()),
+            written => written.map_err(|e| Error::io(&path, e)),
+        }
     }
 
     /// A fresh, empty folder under `tmp/` for a stage run of `key` to write its outputs into.
@@ -237,7 +196,7 @@ impl Cache {
                 });
             }
             let io = |e| Error::io(&dir, e);
-            sumflow_stages::atomic::sync_tree(&dir).map_err(io)?;
+            sync_tree(&dir).map_err(io)?;
             let TreeDigest { digest, bytes, files } = tree_digest(&dir).map_err(io)?;
             let target = self.artifact(&digest);
             // An artifact already there is kept only if it is intact: a valid artifact is never
@@ -246,8 +205,9 @@ impl Cache {
             if intact {
                 fs::remove_dir_all(&dir).map_err(io)?;
             } else {
-                if target.exists() {
-                    let _ = fs::remove_dir_all(&target);
+                // Whatever is there instead (a damaged folder, a dangling link) goes.
+                if let Ok(meta) = fs::symlink_metadata(&target) {
+                    let _ = if meta.is_dir() { fs::remove_dir_all(&target) } else { fs::remove_file(&target) };
                 }
                 if let Err(e) = fs::rename(&dir, &target) {
                     // Another thread committed the same content first.
@@ -272,23 +232,6 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tree_digest_sees_names_and_contents() {
-        let a = tempfile::tempdir().unwrap();
-        fs::create_dir(a.path().join("sub")).unwrap();
-        fs::write(a.path().join("sub/x"), "1").unwrap();
-        fs::write(a.path().join("y"), "2").unwrap();
-        let t1 = tree_digest(a.path()).unwrap();
-        assert_eq!(t1.bytes, 2);
-        assert_eq!(t1.files.keys().collect::<Vec<_>>(), ["sub/x", "y"]);
-        fs::write(a.path().join("y"), "3").unwrap();
-        let d2 = tree_digest(a.path()).unwrap().digest;
-        fs::rename(a.path().join("y"), a.path().join("z")).unwrap();
-        let d3 = tree_digest(a.path()).unwrap().digest;
-        let d1 = t1.digest;
-        assert!(d1 != d2 && d2 != d3);
-    }
 
     #[test]
     fn safe_names_cannot_escape() {

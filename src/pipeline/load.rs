@@ -9,16 +9,20 @@ use serde_yaml::Value;
 use sumflow_stages::Registry;
 
 use super::schema::RawPipeline;
-use super::span::{Pos, SpanIndex};
-use super::{validate, Pipeline};
-use crate::diagnostic::{Diagnostic, Diagnostics};
+use super::span::SpanIndex;
+use super::validate;
+use super::validated::Pipeline;
+use crate::diagnostic::{Diagnostic, Diagnostics, Pos};
 use crate::error::Error;
 
 /// Reads, substitutes and validates the pipeline at `path`; `sets` are `name=value` overrides.
 pub fn load<'r>(path: &Path, sets: &[String], registry: &'r Registry) -> Result<Pipeline<'r>, Error> {
     let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let file_hash = blake3::hash(&bytes).to_hex().to_string();
     let text =
         String::from_utf8(bytes).map_err(|e| Error::Usage(format!("{}: not UTF-8 text ({e})", path.display())))?;
+    // A byte-order mark means nothing to YAML (some editors write one).
+    let text = text.strip_prefix('\u{feff}').map(str::to_string).unwrap_or(text);
     let spans = SpanIndex::new(&text);
     let fail =
         |list: Vec<Diagnostic>| Error::Pipeline(Diagnostics { file: path.to_path_buf(), text: text.clone(), list });
@@ -28,23 +32,47 @@ pub fn load<'r>(path: &Path, sets: &[String], registry: &'r Registry) -> Result<
         fail(vec![Diagnostic { path: String::new(), message: e.to_string(), pos }])
     })?;
 
-    let mut errors = Vec::new();
+    let mut errors = duplicates(&spans);
     let vars = apply_sets(raw.vars, sets, &mut errors, &spans);
+    let (vars, broken) = resolve_vars(vars, &spans, &mut errors);
     let mut stages = IndexMap::new();
     let mut reported = HashSet::new();
-    for (id, value) in raw.stages {
+    for (id, mut value) in raw.stages {
         let path = format!("stages.{id}");
         let before = errors.len();
+        // YAML merge keys (`<<: *base`) are expanded before anything reads the stage.
+        if let Err(e) = value.apply_merge() {
+            errors.push(Diagnostic { path: path.clone(), message: e.to_string(), pos: spans.find(&path) });
+        }
+        let uses_broken =
+            strings(&value).iter().any(|s| references(s).unwrap_or_default().iter().any(|r| broken.contains(r)));
         let value = substitute(value, &vars, &path, &spans, &mut errors);
-        // A stage with an unknown var is not validated further: its errors would be echoes.
-        if errors.len() > before {
+        // A stage with an unknown or broken var is not validated further: its errors would be
+        // echoes.
+        if errors.len() > before || uses_broken {
             reported.insert(id.clone());
         }
         stages.insert(id, value);
     }
     let raw = RawPipeline { stages, vars, ..raw };
-    let file_hash = blake3::hash(text.as_bytes()).to_hex().to_string();
     validate::validate(raw, path, file_hash, registry, &spans, &reported, errors).map_err(fail)
+}
+
+/// A key given twice in one mapping: YAML keeps the last silently, so it is an error here
+/// (only the outermost, where keys inside a repeated mapping repeat too).
+fn duplicates(spans: &SpanIndex) -> Vec<Diagnostic> {
+    let mut out: Vec<Diagnostic> = Vec::new();
+    for (path, at, first) in &spans.duplicates {
+        if out.iter().any(|d| path.starts_with(&format!("{}.", d.path))) {
+            continue;
+        }
+        out.push(Diagnostic {
+            path: path.clone(),
+            message: format!("given twice (first at line {})", first.line),
+            pos: Some(*at),
+        });
+    }
+    out
 }
 
 /// Applies `name=value` overrides; the value is read as YAML (`100` is a number).
@@ -96,13 +124,15 @@ fn substitute(
             }
             match splice(&s, vars) {
                 Ok(text) => Value::String(text),
-                Err(name) => {
-                    let known: Vec<&String> = vars.keys().collect();
-                    errors.push(Diagnostic {
-                        path: path.to_string(),
-                        message: format!("unknown var `${{{name}}}` (vars: {known:?})"),
-                        pos: spans.find_value(path),
-                    });
+                Err(e) => {
+                    let message = match e {
+                        SpliceError::Unknown(name) => {
+                            let known: Vec<&String> = vars.keys().collect();
+                            format!("unknown var `${{{name}}}` (vars: {known:?})")
+                        }
+                        SpliceError::Unterminated => "`${` without its `}` (write `$${` for a literal `${`)".into(),
+                    };
+                    errors.push(Diagnostic { path: path.to_string(), message, pos: spans.find_value(path) });
                     Value::String(s)
                 }
             }
@@ -129,8 +159,36 @@ fn substitute(
     }
 }
 
-/// Text with every `${name}` replaced; `Err(name)` for an unknown var.
-fn splice(s: &str, vars: &IndexMap<String, Value>) -> Result<String, String> {
+/// Why a string's `${…}` could not be replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SpliceError {
+    /// `${name}` names no var.
+    Unknown(String),
+    /// `${` with no `}` after it.
+    Unterminated,
+}
+
+/// The names a string's `${name}`s refer to (escaped `$${` left out).
+fn references(s: &str) -> Result<Vec<String>, SpliceError> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        rest = &rest[i..];
+        if let Some(r) = rest.strip_prefix("$${") {
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix("${") {
+            let end = r.find('}').ok_or(SpliceError::Unterminated)?;
+            out.push(r[..end].to_string());
+            rest = &r[end + 1..];
+        } else {
+            rest = &rest[1..];
+        }
+    }
+    Ok(out)
+}
+
+/// Text with every `${name}` replaced.
+fn splice(s: &str, vars: &IndexMap<String, Value>) -> Result<String, SpliceError> {
     let mut out = String::new();
     let mut rest = s;
     while let Some(i) = rest.find('$') {
@@ -139,14 +197,15 @@ fn splice(s: &str, vars: &IndexMap<String, Value>) -> Result<String, String> {
         if let Some(r) = rest.strip_prefix("$${") {
             out.push_str("${");
             rest = r;
-        } else if let (Some(r), Some(end)) = (rest.strip_prefix("${"), rest.find('}')) {
-            let name = &r[..end - 2];
-            let value = vars.get(name).ok_or_else(|| name.to_string())?;
+        } else if let Some(r) = rest.strip_prefix("${") {
+            let end = r.find('}').ok_or(SpliceError::Unterminated)?;
+            let name = &r[..end];
+            let value = vars.get(name).ok_or_else(|| SpliceError::Unknown(name.to_string()))?;
             out.push_str(&match value {
                 Value::String(v) => v.clone(),
                 other => serde_yaml::to_string(other).unwrap_or_default().trim_end().to_string(),
             });
-            rest = &rest[end + 1..];
+            rest = &r[end + 1..];
         } else {
             out.push('$');
             rest = &rest[1..];
@@ -154,6 +213,61 @@ fn splice(s: &str, vars: &IndexMap<String, Value>) -> Result<String, String> {
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// Every string inside a value.
+fn strings(v: &Value) -> Vec<&str> {
+    match v {
+        Value::String(s) => vec![s.as_str()],
+        Value::Sequence(items) => items.iter().flat_map(strings).collect(),
+        Value::Mapping(map) => map.values().flat_map(strings).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Vars with the `${other}` vars they refer to replaced, in an order where each comes after the
+/// vars it uses; a var that refers to itself, or vars that refer to each other in a circle, are
+/// errors naming them.
+fn resolve_vars(
+    vars: IndexMap<String, Value>,
+    spans: &SpanIndex,
+    errors: &mut Vec<Diagnostic>,
+) -> (IndexMap<String, Value>, HashSet<String>) {
+    let names: Vec<&String> = vars.keys().collect();
+    let mut edges = Vec::new();
+    for (i, value) in vars.values().enumerate() {
+        for s in strings(value) {
+            // Unknown names and unterminated `${` are reported when the var is substituted.
+            for r in references(s).unwrap_or_default() {
+                if let Some(j) = names.iter().position(|n| **n == r) {
+                    edges.push((j, i));
+                }
+            }
+        }
+    }
+    let order = match crate::graph::order(names.len(), &edges) {
+        Ok(order) => order,
+        Err(cycle) => {
+            let at = format!("vars.{}", names[cycle[0]]);
+            let message = if cycle.len() == 2 {
+                "refers to itself".to_string()
+            } else {
+                let chain: Vec<&str> = cycle.iter().map(|&i| names[i].as_str()).collect();
+                format!("vars refer to each other in a circle: {}", chain.join(" → "))
+            };
+            errors.push(Diagnostic { path: at.clone(), message, pos: spans.find(&at) });
+            let broken = cycle.iter().map(|&i| names[i].clone()).collect();
+            return (vars, broken);
+        }
+    };
+    // Each var replaced in place, after the vars it uses.
+    let mut resolved = vars.clone();
+    for i in order {
+        let name = names[i];
+        let value = substitute(vars[name].clone(), &resolved, &format!("vars.{name}"), spans, errors);
+        resolved.insert(name.clone(), value);
+    }
+    (resolved, HashSet::new())
 }
 
 #[cfg(test)]
@@ -168,6 +282,8 @@ mod tests {
                 .collect();
         assert_eq!(splice("${d}/train.csv", &vars).unwrap(), "data/train.csv");
         assert_eq!(splice("every ${n} rows, $${literal} $5", &vars).unwrap(), "every 100 rows, ${literal} $5");
-        assert_eq!(splice("${nope}", &vars), Err("nope".to_string()));
+        assert_eq!(splice("${nope}", &vars), Err(SpliceError::Unknown("nope".to_string())));
+        assert_eq!(splice("a ${d", &vars), Err(SpliceError::Unterminated));
+        assert_eq!(references("${a}/$${b}/${c}"), Ok(vec!["a".to_string(), "c".to_string()]));
     }
 }

@@ -7,20 +7,16 @@ use std::collections::HashMap;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::Marker;
 
-/// A 1-based line and column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pos {
-    /// Line, from 1.
-    pub line: usize,
-    /// Column in characters, from 1.
-    pub col: usize,
-}
+use crate::diagnostic::Pos;
 
-/// Positions of keys and values by dotted path (`stages.scores.predictions[1]`).
+/// Positions of keys and values by dotted path (`stages.scores.predictions[1]`), and the keys a
+/// mapping holds twice (YAML parsers keep the last silently).
 #[derive(Debug, Default)]
 pub struct SpanIndex {
     keys: HashMap<String, Pos>,
     values: HashMap<String, Pos>,
+    /// (dotted path, where it is again, where it was first), in file order.
+    pub duplicates: Vec<(String, Pos, Pos)>,
 }
 
 impl SpanIndex {
@@ -104,7 +100,11 @@ impl MarkedEventReceiver for Builder {
                     Some(Frame::Map { path, .. }) => join(path, &value),
                     _ => unreachable!("expecting_key implies a map"),
                 };
-                self.index.keys.insert(path, pos);
+                if let Some(first) = self.index.keys.get(&path) {
+                    self.index.duplicates.push((path.clone(), pos, *first));
+                } else {
+                    self.index.keys.insert(path, pos);
+                }
                 if let Some(Frame::Map { key, .. }) = self.stack.last_mut() {
                     *key = Some(value);
                 }
@@ -145,5 +145,15 @@ mod tests {
         assert_eq!(idx.find("stages.b.predictions[1]"), Some(Pos { line: 6, col: 22 }));
         // An unknown path falls back to its nearest known parent.
         assert_eq!(idx.find("stages.b.nope"), Some(Pos { line: 4, col: 3 }));
+        assert!(idx.duplicates.is_empty());
+    }
+
+    #[test]
+    fn keys_given_twice_are_found() {
+        let idx = SpanIndex::new("stages:\n  a: {kind: load}\n  a: {kind: score, kind: x}\n");
+        let found: Vec<(&str, usize, usize)> =
+            idx.duplicates.iter().map(|(p, at, first)| (p.as_str(), at.line, first.line)).collect();
+        // The second `a`'s keys meet the first's paths too: `load` reports the outermost only.
+        assert_eq!(found, [("stages.a", 3, 2), ("stages.a.kind", 3, 2), ("stages.a.kind", 3, 2)]);
     }
 }

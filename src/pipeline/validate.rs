@@ -9,7 +9,7 @@ use sumflow_stages::{InputRef, Registry};
 
 use super::schema::RawPipeline;
 use super::span::SpanIndex;
-use super::{BoundInput, Pipeline, StageNode};
+use super::validated::{BoundInput, Pipeline, StageNode};
 use crate::diagnostic::Diagnostic;
 use crate::graph;
 
@@ -81,6 +81,19 @@ pub(super) fn validate<'r>(
                 let field = if e.field.is_empty() { at.clone() } else { format!("{at}.{}", e.field) };
                 error(field, e.message);
             }
+            continue;
+        }
+        // The local files the stage reads must be there (their content enters its key).
+        let mut missing = false;
+        for f in stage.files(&params) {
+            if !f.path.is_file() {
+                let field = format!("{at}.{}", f.field.split('/').next().unwrap_or(&f.field));
+                let why = if f.path.exists() { "is not a file" } else { "does not exist" };
+                error(field, format!("`{}` {why}", f.path.display()));
+                missing = true;
+            }
+        }
+        if missing {
             continue;
         }
         let last = parsed.last_mut().expect("pushed above");

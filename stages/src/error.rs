@@ -1,4 +1,7 @@
-//! Errors a stage can fail with. Each keeps its source and names the file or field at fault.
+//! Errors a stage can fail with. Each names the file, row or field at fault and keeps the error
+//! underneath as its source, so the runner can print the whole chain (`error: …` then
+//! `caused by: …`). A mistake in a param that only running can find is [`StageError::Param`];
+//! [`StageError::Internal`] is for broken invariants only.
 
 use std::path::{Path, PathBuf};
 
@@ -6,7 +9,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
     /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
+    #[error("{}", path.display())]
     Io {
         /// The file or folder.
         path: PathBuf,
@@ -32,8 +35,17 @@ pub enum StageError {
         /// The columns that are there.
         found: Vec<String>,
     },
+    /// A param that could only be checked when the stage ran (the device it names is missing,
+    /// the model it names is not of the kind it needs).
+    #[error("{field}: {message}")]
+    Param {
+        /// The param's dotted path within the stage's params.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
     /// Reading or writing Parquet failed.
-    #[error("{path}: {source}")]
+    #[error("{}", path.display())]
     Parquet {
         /// The file.
         path: PathBuf,
@@ -42,7 +54,7 @@ pub enum StageError {
         source: parquet::errors::ParquetError,
     },
     /// An Arrow conversion failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Arrow {
         /// What was being converted.
         context: String,
@@ -50,14 +62,65 @@ pub enum StageError {
         #[source]
         source: arrow::error::ArrowError,
     },
+    /// Reading or writing CSV failed.
+    #[error("{}", path.display())]
+    Csv {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: csv::Error,
+    },
+    /// A JSON file is not what it should be.
+    #[error("{}", path.display())]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The tokenizers library failed (loading, training, encoding, decoding).
+    #[error("{context}")]
+    Tokenizer {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: tokenizers::Error,
+    },
+    /// libtorch failed.
+    #[cfg(feature = "torch")]
+    #[error("{context}")]
+    Torch {
+        /// What was being done (a file, an operation).
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: tch::TchError,
+    },
+    /// Writing safetensors failed.
+    #[cfg(feature = "torch")]
+    #[error("{}", path.display())]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
     /// Fetching from the Hugging Face hub failed.
-    #[error("{what}: {message}")]
+    #[error("{what}: cannot fetch it from the Hugging Face hub; offline, point the stage at a local copy instead (a folder path, e.g. --set data=../shared/data/dialogsum, or --set model=DIR from `sumflow make-model`)")]
     Hub {
         /// What was fetched.
         what: String,
-        /// Why it failed, with the offline alternative.
-        message: String,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The device or libtorch refused something (a CUDA graph capture, an autocast state).
+    #[error("{0}")]
+    Device(String),
     /// A bug or broken invariant inside sumflow.
     #[error("internal error: {0}")]
     Internal(String),
@@ -73,4 +136,34 @@ impl StageError {
     pub fn data(location: impl Into<String>, message: impl Into<String>) -> Self {
         StageError::Data { location: location.into(), message: message.into() }
     }
+
+    /// A param found wrong while running.
+    pub fn param(field: impl Into<String>, message: impl Into<String>) -> Self {
+        StageError::Param { field: field.into(), message: message.into() }
+    }
+
+    /// A JSON error on `path`.
+    pub fn json(path: &Path, source: serde_json::Error) -> Self {
+        StageError::Json { path: path.to_path_buf(), source }
+    }
+
+    /// A CSV error on `path`.
+    pub fn csv(path: &Path, source: csv::Error) -> Self {
+        StageError::Csv { path: path.to_path_buf(), source }
+    }
+
+    /// A libtorch error while doing `context`.
+    #[cfg(feature = "torch")]
+    pub fn torch(context: impl Into<String>, source: tch::TchError) -> Self {
+        StageError::Torch { context: context.into(), source }
+    }
+}
+
+/// The message a panic carried (`panic!` with a string or a format), or a placeholder.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "(no message)".into())
 }

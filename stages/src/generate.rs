@@ -8,25 +8,27 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::error::StageError;
-use crate::model_ref;
+use crate::adapter;
+use crate::data::tokenize::{encode, render, row_ids, LAB_TEMPLATE, MAX_TOKENS};
+use crate::error::{panic_message, StageError};
+use crate::io::model_ref;
+use crate::io::table::Table;
+use crate::runtime::RuntimeOptions;
 use crate::stage::{
     ArtifactKind, FileInput, InputRef, InputSlot, OutputDecl, ParamError, Progress, Resource, Stage, StageContext,
 };
 use crate::t5::attention::KEY_MULTIPLE;
 use crate::t5::decode::{generate, greedy_fixed, Strategy};
-use crate::t5::device::{self, DeviceChoice, DtypeChoice};
 use crate::t5::loader::{self, Loaded};
-use crate::table::Table;
-use crate::tokenize::{encode, render, row_ids, LAB_TEMPLATE};
-use crate::trace::StepTrace;
+use crate::torch::device::{self, DeviceChoice, DtypeChoice};
+use crate::torch::trace::StepTrace;
 
 /// How to generate: everything but the data and the model.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct GenerateOptions {
     /// Longest source, in tokens.
     pub max_source_tokens: usize,
@@ -40,12 +42,12 @@ pub struct GenerateOptions {
     /// The lab's loop: one dialogue at a time.
     pub one_at_a_time: bool,
     /// Greedy decoding with fixed shapes, each token's step replayed as a CUDA graph (CUDA
-    /// only; [`crate::t5::decode::greedy_fixed`]).
+    /// only; `crate::t5::decode::greedy_fixed`).
     pub cuda_graphs: bool,
 }
 
 /// Params of `generate`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateParams {
     /// The table of dialogues.
@@ -120,7 +122,81 @@ fn greedy() -> Strategy {
 }
 
 impl GenerateParams {
-    fn options(&self) -> GenerateOptions {
+    /// Params with every default, generating from the table `input` with `model` (what the
+    /// model commands and `sumflow bench` start from).
+    pub fn new(input: InputRef, model: String) -> Self {
+        GenerateParams {
+            input,
+            model: Some(model),
+            model_from: None,
+            adapter: None,
+            adapter_from: None,
+            template: lab_template(),
+            source_column: dialogue(),
+            id_column: None,
+            max_source_tokens: d512(),
+            max_new_tokens: d200(),
+            decoding: greedy(),
+            batch_tokens: None,
+            one_at_a_time: false,
+            cuda_graphs: false,
+            device: DeviceChoice::default(),
+            dtype: DtypeChoice::default(),
+            force_fp16: false,
+        }
+    }
+
+    /// Problems with the params, by field, before anything runs.
+    pub fn check(&self) -> Vec<ParamError> {
+        let mut errors = model_ref::check(&self.model, &self.model_from);
+        if !self.template.contains("{dialogue}") {
+            errors.push(ParamError::new("template", "must contain `{dialogue}`"));
+        }
+        if !(1..=MAX_NEW_TOKENS).contains(&self.max_new_tokens) {
+            errors.push(ParamError::new("max_new_tokens", format!("must be between 1 and {MAX_NEW_TOKENS}")));
+        }
+        if !(2..=MAX_TOKENS).contains(&self.max_source_tokens) {
+            errors.push(ParamError::new("max_source_tokens", format!("must be between 2 and {MAX_TOKENS}")));
+        }
+        if self.batch_tokens == Some(0) {
+            errors.push(ParamError::new("batch_tokens", "must be at least 1"));
+        }
+        match self.decoding {
+            Strategy::Greedy => {}
+            Strategy::Beam { num_beams, length_penalty } => {
+                if !(1..=MAX_BEAMS).contains(&num_beams) {
+                    errors.push(ParamError::new("decoding.num_beams", format!("must be between 1 and {MAX_BEAMS}")));
+                }
+                if !length_penalty.is_finite() {
+                    errors.push(ParamError::new("decoding.length_penalty", "must be a number"));
+                }
+            }
+            Strategy::Sample { temperature, top_k, .. } => {
+                if !(temperature.is_finite() && temperature > 0.0) {
+                    errors.push(ParamError::new(
+                        "decoding.temperature",
+                        "must be above 0 (for the most likely token, use `strategy: greedy`)",
+                    ));
+                }
+                if top_k < 0 {
+                    errors.push(ParamError::new("decoding.top_k", "must be 0 (all tokens) or more"));
+                }
+            }
+        }
+        if self.adapter.is_some() && self.adapter_from.is_some() {
+            errors.push(ParamError::new("adapter", "give `adapter` or `adapter_from`, not both"));
+        }
+        if self.dtype == DtypeChoice::Fp16 && !self.force_fp16 {
+            errors.push(ParamError::new("dtype", "fp16 overflows to NaN in T5; use bf16, or set force_fp16: true"));
+        }
+        if self.cuda_graphs && self.decoding != Strategy::Greedy {
+            errors.push(ParamError::new("cuda_graphs", "is for greedy decoding (`decoding: {strategy: greedy}`)"));
+        }
+        errors
+    }
+
+    /// How to generate, as these params say.
+    pub fn options(&self) -> GenerateOptions {
         GenerateOptions {
             max_source_tokens: self.max_source_tokens,
             max_new_tokens: self.max_new_tokens,
@@ -131,6 +207,11 @@ impl GenerateParams {
         }
     }
 }
+
+/// Bounds that keep a generation's memory and time finite: new tokens per summary (the decoder
+/// cache grows with them), and beams (each a copy of the batch).
+const MAX_NEW_TOKENS: i64 = 4096;
+const MAX_BEAMS: i64 = 64;
 
 /// Summaries of `prompts` and their generated-token counts, plus figures of the run.
 pub struct Generated {
@@ -147,12 +228,7 @@ pub struct Generated {
 }
 
 fn is_oom(panic: &(dyn std::any::Any + Send)) -> bool {
-    let msg = panic
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| panic.downcast_ref::<&str>().copied())
-        .unwrap_or("");
-    msg.contains("out of memory")
+    panic_message(panic).contains("out of memory")
 }
 
 /// Tokens per generation batch unless asked otherwise. On CUDA a decoding step's cost grows
@@ -171,15 +247,23 @@ pub fn default_batch_tokens(device: Device) -> usize {
     }
 }
 
-/// Generates a summary for each prompt with a loaded model.
+/// Generates a summary for each prompt with a loaded model; `trace`: the folder a trace of the
+/// first batch goes to, if any.
 pub fn summarize(
     m: &Loaded,
     prompts: &[String],
     o: &GenerateOptions,
     progress: &dyn Progress,
+    trace: Option<&Path>,
 ) -> Result<Generated, StageError> {
     let t0 = Instant::now();
-    let device = m.model_device();
+    let device = m.device();
+    if let Strategy::Sample { top_k, .. } = o.decoding {
+        let vocab = m.model.config.vocab_size;
+        if top_k > vocab {
+            return Err(StageError::param("decoding.top_k", format!("{top_k} is more than the model's {vocab} tokens")));
+        }
+    }
     // Identical prompts are generated once.
     let mut distinct: Vec<&str> = Vec::new();
     let mut slot: HashMap<&str, usize> = HashMap::new();
@@ -210,7 +294,7 @@ pub fn summarize(
     let mut start = 0;
     // CUDA graphs until a capture fails, if ever (then eagerly).
     let mut graphs = o.cuda_graphs;
-    let mut trace = StepTrace::generation_from_env(device);
+    let mut trace = StepTrace::generation(trace, device);
     while start < order.len() {
         let longest = encoded[order[start]].len();
         let rows = if o.one_at_a_time { 1 } else { (budget / longest.max(1)).clamp(1, order.len() - start) };
@@ -237,7 +321,7 @@ pub fn summarize(
                 Ok(generate(&m.model, &x, &mask, o.max_new_tokens, &o.decoding))
             }
         };
-        // `SUMFLOW_TRACE`: the first batch, encoder pass and every token's step.
+        // Tracing: the first batch, encoder pass and every token's step.
         if let Some(t) = &mut trace {
             t.before_step(1);
         }
@@ -248,7 +332,7 @@ pub fn summarize(
         match result {
             Ok(Err(e)) => {
                 // Nothing was decoded: the batch runs again, eagerly, and so do the rest.
-                progress.message(&format!("`cuda_graphs`: {e}; decoding goes on without CUDA graphs"));
+                progress.warn(&format!("`cuda_graphs`: {e}; decoding goes on without CUDA graphs"));
                 graphs = false;
             }
             Ok(Ok(out)) => {
@@ -269,7 +353,10 @@ pub fn summarize(
         .iter()
         .map(|seq| {
             let ids: Vec<u32> = seq.iter().map(|&t| t as u32).collect();
-            let text = m.tokenizer.decode(&ids, true).map_err(|e| StageError::Internal(format!("decoding: {e}")))?;
+            let text = m
+                .tokenizer
+                .decode(&ids, true)
+                .map_err(|source| StageError::Tokenizer { context: "decoding a summary".into(), source })?;
             Ok((text, seq.len()))
         })
         .collect::<Result<_, StageError>>()?;
@@ -282,32 +369,32 @@ pub fn summarize(
     })
 }
 
-impl Loaded {
-    /// The device the model's weights are on.
-    pub fn model_device(&self) -> Device {
-        self.vs.device()
-    }
-}
-
-/// Opens a model (and adapter), on the device and in the precision asked for.
+/// Opens a model (and adapter), on the device and in the precision `p` asks for, computing
+/// attention as the runtime options say.
 pub fn open(
     dir: &Path,
     adapter: Option<&Path>,
-    d: DeviceChoice,
-    k: DtypeChoice,
-    force_fp16: bool,
+    p: &GenerateParams,
+    runtime: &RuntimeOptions,
 ) -> Result<Loaded, StageError> {
-    let device = device::device(d)?;
-    let kind = device::kind(k, device, force_fp16)?;
-    let Some(adapter) = adapter else { return loader::load(dir, device, kind) };
-    // The adapter is folded into the weights in fp32, before any cast to half precision: each
-    // decoding step then runs the base model's products only (measured on an H200 before this:
-    // base + adapter decoded 2,883 new tokens/s where the base model alone did 5,306).
-    let mut m = loader::load(dir, device, Kind::Float)?.with_adapter(adapter)?;
-    m.fold_adapter();
-    if kind != Kind::Float {
-        m.vs.set_kind(kind);
-    }
+    let device = device::device(p.device, runtime)?;
+    let kind = device::kind(p.dtype, device, p.force_fp16)?;
+    let mut m = match adapter {
+        None => loader::load(dir, device, kind)?,
+        Some(adapter) => {
+            // The adapter is folded into the weights in fp32, before any cast to half precision:
+            // each decoding step then runs the base model's products only (measured on an H200
+            // before this: base + adapter decoded 2,883 new tokens/s, the base alone 5,306).
+            let mut m = loader::load(dir, device, Kind::Float)?;
+            adapter::apply_to(&mut m, adapter)?;
+            m.fold_adapter();
+            if kind != Kind::Float {
+                m.vs.set_kind(kind);
+            }
+            m
+        }
+    };
+    m.model.attention = runtime.attention;
     Ok(m)
 }
 
@@ -337,28 +424,7 @@ impl Stage for Generate {
         vec![OutputDecl { name: "predictions".into(), kind: ArtifactKind::Table }]
     }
     fn check(&self, p: &GenerateParams) -> Vec<ParamError> {
-        let mut errors = model_ref::check(&p.model, &p.model_from);
-        if !p.template.contains("{dialogue}") {
-            errors.push(ParamError::new("template", "must contain `{dialogue}`"));
-        }
-        if p.max_new_tokens < 1 {
-            errors.push(ParamError::new("max_new_tokens", "must be at least 1"));
-        }
-        if let Strategy::Beam { num_beams, .. } = p.decoding {
-            if num_beams < 1 {
-                errors.push(ParamError::new("decoding.num_beams", "must be at least 1"));
-            }
-        }
-        if p.adapter.is_some() && p.adapter_from.is_some() {
-            errors.push(ParamError::new("adapter", "give `adapter` or `adapter_from`, not both"));
-        }
-        if p.dtype == DtypeChoice::Fp16 && !p.force_fp16 {
-            errors.push(ParamError::new("dtype", "fp16 overflows to NaN in T5; use bf16, or set force_fp16: true"));
-        }
-        if p.cuda_graphs && p.decoding != Strategy::Greedy {
-            errors.push(ParamError::new("cuda_graphs", "is for greedy decoding (`decoding: {strategy: greedy}`)"));
-        }
-        errors
+        p.check()
     }
     fn files(&self, p: &GenerateParams) -> Vec<FileInput> {
         let mut files = model_ref::files(&p.model);
@@ -378,6 +444,9 @@ impl Stage for Generate {
             Resource::Gpu
         }
     }
+    fn runtime_in_key(&self) -> bool {
+        true
+    }
     fn run(&self, p: &GenerateParams, ctx: &StageContext) -> Result<(), StageError> {
         let start = std::time::Instant::now();
         let table = Table::read_artifact(ctx.input("input")?)?;
@@ -391,10 +460,10 @@ impl Stage for Generate {
             (None, Some(_)) => Some(ctx.input("adapter_from")?.to_path_buf()),
             (None, None) => None,
         };
-        let m = open(&model_ref::resolve(&p.model, ctx)?, adapter.as_deref(), p.device, p.dtype, p.force_fp16)?;
+        let m = open(&model_ref::resolve(&p.model, ctx)?, adapter.as_deref(), p, ctx.runtime)?;
         ctx.record("load_seconds", start.elapsed().as_secs_f64());
         ctx.progress.message("generating");
-        let g = summarize(&m, &prompts, &p.options(), ctx.progress)?;
+        let g = summarize(&m, &prompts, &p.options(), ctx.progress, ctx.runtime.trace.as_deref())?;
         ctx.record("rows", prompts.len() as f64);
         ctx.record("dialogues", g.distinct as f64);
         ctx.record("new_tokens", g.new_tokens as f64);
@@ -404,12 +473,24 @@ impl Stage for Generate {
         ctx.record("truncated_sources", g.truncated as f64);
         let (texts, counts): (Vec<String>, Vec<String>) =
             g.summaries.into_iter().map(|(t, n)| (t, n.to_string())).unzip();
-        let out = Table::new(vec!["id".into(), "prediction".into(), "tokens".into()], vec![ids, texts, counts])
-            .map_err(StageError::Internal)?;
+        let names = vec!["id".into(), "prediction".into(), "tokens".into()];
+        let out = Table::new(names, vec![ids, texts, counts], &source)?;
         out.write_artifact(&ctx.output_dir("predictions")?, &format!("generate from {}", p.input), 0)
     }
     fn summary(&self, _: &GenerateParams, outputs: &BTreeMap<String, PathBuf>) -> Option<String> {
         let meta = Table::read_meta(outputs.get("predictions")?).ok()?;
         Some(format!("{} predictions", meta.rows))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_gives_the_defaults_a_pipeline_gets() {
+        let parsed: GenerateParams = serde_yaml::from_str("input: t\nmodel: m").unwrap();
+        let made = GenerateParams::new(InputRef::parse("t").unwrap(), "m".into());
+        assert_eq!(serde_json::to_value(made).unwrap(), serde_json::to_value(parsed).unwrap());
     }
 }

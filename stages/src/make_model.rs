@@ -5,16 +5,19 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device};
 
 use crate::error::StageError;
-use crate::load::read_table;
+use crate::data::load::read_table;
 use crate::stage::{ArtifactKind, FileInput, InputSlot, OutputDecl, ParamError, Stage, StageContext};
-use crate::t5::{weights, T5Config, T5};
+use crate::t5::config::T5Config;
+use crate::t5::model::T5;
+use crate::t5::weights;
 
 /// Params of `make-model`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MakeModelParams {
     /// `tiny`, `flan-t5-small`, `flan-t5-base` or `flan-t5-large`.
@@ -40,6 +43,23 @@ fn default_columns() -> Vec<String> {
     vec!["dialogue".into(), "summary".into()]
 }
 
+impl MakeModelParams {
+    /// Problems with the params, by field, before anything runs.
+    pub fn check(&self) -> Vec<ParamError> {
+        let mut errors = Vec::new();
+        if T5Config::preset(&self.arch).is_none() {
+            errors.push(ParamError::new(
+                "arch",
+                format!("unknown arch `{}` (one of: {})", self.arch, T5Config::PRESETS.join(", ")),
+            ));
+        }
+        if self.vocab_size < 200 || self.vocab_size > 32000 {
+            errors.push(ParamError::new("vocab_size", "must be between 200 and 32000"));
+        }
+        errors
+    }
+}
+
 /// The file holding the tokenizer's training text.
 fn data_file(path: &str) -> PathBuf {
     let p = PathBuf::from(path);
@@ -56,21 +76,22 @@ fn data_file(path: &str) -> PathBuf {
 
 /// Writes the model folder into `out`: config, generation config, tokenizer, random weights.
 pub fn make_model(p: &MakeModelParams, out: &Path) -> Result<(), StageError> {
-    let config = T5Config::preset(&p.arch).ok_or_else(|| StageError::Internal(format!("unknown arch `{}`", p.arch)))?;
+    let config = T5Config::preset(&p.arch)
+        .ok_or_else(|| StageError::param("arch", format!("unknown arch `{}` (one of: {})", p.arch, T5Config::PRESETS.join(", "))))?;
     let data = data_file(&p.tokenizer_data);
     let table = read_table(&data, None)?;
     let mut texts = Vec::new();
     for col in &p.text_columns {
         texts.extend(table.column(col, &data.display().to_string())?.iter().cloned());
     }
-    let tokenizer = crate::tokenizer::train(&texts, p.vocab_size)?;
+    let tokenizer = crate::data::tokenizer::train(&texts, p.vocab_size)?;
     if tokenizer.get_vocab_size(true) as i64 > config.vocab_size {
-        return Err(StageError::Internal(format!(
-            "the tokenizer has more pieces than the model's {} embeddings",
-            config.vocab_size
-        )));
+        return Err(StageError::param(
+            "vocab_size",
+            format!("the tokenizer has more pieces than the model's {} embeddings", config.vocab_size),
+        ));
     }
-    crate::tokenizer::save(&tokenizer, &out.join("tokenizer.json"))?;
+    crate::data::tokenizer::save(&tokenizer, &out.join("tokenizer.json"))?;
 
     tch::manual_seed(p.seed);
     let vs = nn::VarStore::new(Device::Cpu);
@@ -110,17 +131,7 @@ impl Stage for MakeModel {
         vec![OutputDecl { name: "model".into(), kind: ArtifactKind::Model }]
     }
     fn check(&self, p: &MakeModelParams) -> Vec<ParamError> {
-        let mut errors = Vec::new();
-        if T5Config::preset(&p.arch).is_none() {
-            errors.push(ParamError::new(
-                "arch",
-                format!("unknown arch `{}` (one of: {})", p.arch, T5Config::PRESETS.join(", ")),
-            ));
-        }
-        if p.vocab_size < 200 || p.vocab_size > 32000 {
-            errors.push(ParamError::new("vocab_size", "must be between 200 and 32000"));
-        }
-        errors
+        p.check()
     }
     fn files(&self, p: &MakeModelParams) -> Vec<FileInput> {
         vec![FileInput { field: "tokenizer_data".into(), path: data_file(&p.tokenizer_data) }]

@@ -35,6 +35,10 @@ pub trait DynStage: Send + Sync {
     fn files(&self, p: &Params) -> Vec<FileInput>;
     /// See [`Stage::resource`].
     fn resource(&self, p: &Params) -> Resource;
+    /// See [`Stage::runtime_in_key`].
+    fn runtime_in_key(&self) -> bool;
+    /// The JSON schema of the stage's params (types, defaults, doc comments).
+    fn schema(&self) -> schemars::Schema;
     /// See [`Stage::volatile_files`].
     fn volatile_files(&self) -> &'static [&'static str];
     /// See [`Stage::run`].
@@ -87,6 +91,12 @@ impl<S: Stage> DynStage for Wrapped<S> {
     fn resource(&self, p: &Params) -> Resource {
         self.0.resource(self.typed(p))
     }
+    fn runtime_in_key(&self) -> bool {
+        self.0.runtime_in_key()
+    }
+    fn schema(&self) -> schemars::Schema {
+        schemars::schema_for!(S::Params)
+    }
     fn volatile_files(&self) -> &'static [&'static str] {
         self.0.volatile_files()
     }
@@ -113,20 +123,19 @@ impl Registry {
     /// Every built-in stage.
     pub fn builtin() -> Self {
         let mut r = Registry::new();
-        r.add(crate::load::Load);
-        r.add(crate::subsample::Subsample);
-        r.add(crate::score::Score);
-        r.add(crate::tokenize::Tokenize);
-        r.add(crate::join::Join);
-        r.add(crate::report::Report);
+        r.add(crate::data::load::Load);
+        r.add(crate::data::subsample::Subsample);
+        r.add(crate::data::join::Join);
+        r.add(crate::data::tokenize::Tokenize);
+        r.add(crate::eval::score::Score);
+        r.add(crate::eval::report::Report);
         #[cfg(feature = "torch")]
-        r.add(crate::make_model::MakeModel);
-        #[cfg(feature = "torch")]
-        r.add(crate::generate::Generate);
-        #[cfg(feature = "torch")]
-        r.add(crate::train::TrainFull);
-        #[cfg(feature = "torch")]
-        r.add(crate::train::TrainLora);
+        {
+            r.add(crate::make_model::MakeModel);
+            r.add(crate::generate::Generate);
+            r.add(crate::train::TrainFull);
+            r.add(crate::train::TrainLora);
+        }
         r
     }
 

@@ -5,10 +5,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::StageError;
+use crate::runtime::RuntimeOptions;
 
 /// What an artifact holds; an input accepts some kinds and a stage output has exactly one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -57,7 +59,7 @@ impl InputRef {
     }
 
     /// Parses `stage` or `stage.output`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, InvalidRef> {
         let (stage, output) = match s.split_once('.') {
             Some((stage, output)) => (stage, Some(output)),
             None => (s, None),
@@ -65,9 +67,23 @@ impl InputRef {
         let valid =
             |part: &str| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if !valid(stage) || !output.is_none_or(valid) {
-            return Err(format!("`{s}` is not a stage reference: write `STAGE` or `STAGE.OUTPUT`"));
+            return Err(InvalidRef(s.to_string()));
         }
         Ok(InputRef { stage: stage.to_string(), output: output.map(str::to_string) })
+    }
+}
+
+/// Text that is not a stage reference.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a stage reference: write `STAGE` or `STAGE.OUTPUT`")]
+pub struct InvalidRef(pub String);
+
+impl JsonSchema for InputRef {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "StageReference".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "format": "stage reference: STAGE or STAGE.OUTPUT"})
     }
 }
 
@@ -155,6 +171,9 @@ pub trait Progress: Send + Sync {
     fn inc(&self, n: u64);
     /// A short status message.
     fn message(&self, msg: &str);
+    /// Something the user should know that does not stop the stage (a damaged checkpoint
+    /// discarded, CUDA graphs given up): shown whatever the display.
+    fn warn(&self, msg: &str);
 }
 
 /// A `Progress` that ignores everything (library use and tests).
@@ -164,6 +183,7 @@ impl Progress for NoProgress {
     fn set_total(&self, _: u64) {}
     fn inc(&self, _: u64) {}
     fn message(&self, _: &str) {}
+    fn warn(&self, _: &str) {}
 }
 
 /// How a stage upstream of the running one went, as the runner recorded it: for stages that
@@ -184,10 +204,13 @@ pub struct StageRecord {
     pub stats: BTreeMap<String, f64>,
 }
 
-/// Everything a running stage may touch: its inputs, its output folders and a work folder.
+/// Everything a running stage may touch: its inputs, its output folders, a work folder, and the
+/// process's runtime options.
 pub struct StageContext<'a> {
     /// The stage's id in the pipeline (for messages).
     pub stage_id: &'a str,
+    /// The process-wide switches (attention backend, profiling, tracing, …).
+    pub runtime: &'a RuntimeOptions,
     inputs: BTreeMap<String, (PathBuf, ArtifactKind)>,
     output_root: PathBuf,
     /// A folder that survives failed runs of the same recipe (checkpoints live here).
@@ -195,6 +218,7 @@ pub struct StageContext<'a> {
     /// Where progress goes.
     pub progress: &'a dyn Progress,
     stats: std::sync::Mutex<BTreeMap<String, f64>>,
+    warnings: std::sync::Mutex<Vec<String>>,
     upstream: Vec<StageRecord>,
 }
 
@@ -206,14 +230,17 @@ impl<'a> StageContext<'a> {
         output_root: PathBuf,
         work_dir: PathBuf,
         progress: &'a dyn Progress,
+        runtime: &'a RuntimeOptions,
     ) -> Self {
         StageContext {
             stage_id,
+            runtime,
             inputs,
             output_root,
             work_dir,
             progress,
             stats: Default::default(),
+            warnings: Default::default(),
             upstream: Vec::new(),
         }
     }
@@ -239,6 +266,18 @@ impl<'a> StageContext<'a> {
         self.stats.lock().expect("stats lock").clone()
     }
 
+    /// Warns the user (through [`Progress::warn`]); the warning also goes into the run's
+    /// manifest.
+    pub fn warn(&self, message: String) {
+        self.progress.warn(&message);
+        self.warnings.lock().expect("warnings lock").push(message);
+    }
+
+    /// The warnings given so far.
+    pub fn warnings(&self) -> Vec<String> {
+        self.warnings.lock().expect("warnings lock").clone()
+    }
+
     /// The artifact folder bound to input slot `field`.
     pub fn input(&self, field: &str) -> Result<&Path, StageError> {
         self.inputs
@@ -257,8 +296,9 @@ impl<'a> StageContext<'a> {
 
 /// A stage: typed params, declared inputs and outputs, a version, and `run`.
 pub trait Stage: Send + Sync + 'static {
-    /// The stage's params, parsed strictly (`deny_unknown_fields`) from the pipeline file.
-    type Params: DeserializeOwned + Serialize + Send + Sync + 'static;
+    /// The stage's params, parsed strictly (`deny_unknown_fields`) from the pipeline file; their
+    /// doc comments are the reference `sumflow stages KIND` prints (through their JSON schema).
+    type Params: DeserializeOwned + Serialize + JsonSchema + Send + Sync + 'static;
     /// The `kind:` that selects this stage in a pipeline.
     const KIND: &'static str;
     /// Bump to invalidate every cached output of this stage.
@@ -284,6 +324,12 @@ pub trait Stage: Send + Sync + 'static {
     /// The resource class of this stage.
     fn resource(&self, _params: &Self::Params) -> Resource {
         Resource::Cpu
+    }
+    /// Whether the runtime options that change numbers ([`RuntimeOptions::key`]: the attention
+    /// backend, cuDNN attention) enter this stage's cache key: true for stages that compute with
+    /// libtorch.
+    fn runtime_in_key(&self) -> bool {
+        false
     }
     /// Files (relative to an output folder) that record timings and so differ between runs;
     /// `audit --reproduce` reports them apart from real differences.

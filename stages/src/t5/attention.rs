@@ -1,7 +1,7 @@
 //! T5 attention: unscaled dot products plus a learned relative-position bias (first layer of
 //! each stack computes it, the others reuse it), run through `scaled_dot_product_attention`
 //! with bias and mask as one float mask, or written out where that is faster
-//! ([`AttentionBackend`]). Decoding keeps keys and values in an explicit [`KvCache`] passed by
+//! ([`writes_out`]). Decoding keeps keys and values in an explicit [`KvCache`] passed by
 //! `&mut`.
 
 use std::cell::RefCell;
@@ -9,7 +9,8 @@ use std::cell::RefCell;
 use tch::{nn, Device, Kind, Tensor};
 
 use super::config::T5Config;
-use crate::lora::Lora;
+use super::lora::{Lora, PROJECTIONS};
+use crate::runtime::AttentionBackend;
 
 /// Keys and values of one decoder layer: self-attention grows a step at a time (or, in a fixed
 /// cache, is written in place at `position`), cross-attention is computed once from the encoder
@@ -63,11 +64,6 @@ impl KvCache {
         self.layers.first().and_then(|l| l.self_kv.as_ref()).map_or(0, |(k, _)| k.size()[2])
     }
 
-    /// Whether nothing is cached yet.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Keeps only batch rows `rows` (finished sequences leave; beams reorder).
     pub fn select(&mut self, rows: &Tensor) {
         let pick = |kv: &mut Option<(Tensor, Tensor)>| {
@@ -82,52 +78,14 @@ impl KvCache {
     }
 }
 
-/// How attention probabilities are computed. Both give the same results within float rounding
-/// (a test holds them to it); which is faster depends on the device, the precision and the
-/// query length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AttentionBackend {
-    /// `Explicit` on the CPU in bf16 or for one query at a time (decoding), `Sdpa` otherwise.
-    /// On 2 CPU cores libtorch 2.11's fused kernel takes 3.1 ms for one decoding step of a
-    /// 24-row batch in bf16 where the explicit form takes 0.45 ms, and 24 ms vs 14 ms for an
-    /// encoder layer; in fp32 it wins on full sequences (25 ms vs 40 ms).
-    #[default]
-    Auto,
-    /// libtorch's `scaled_dot_product_attention` with bias and mask as one float mask.
-    Sdpa,
-    /// Scores, an fp32 softmax and the weighted sum, written out (transformers' eager path).
-    Explicit,
-}
-
-impl AttentionBackend {
-    /// The backend `SUMFLOW_ATTENTION` names — `auto` (also when unset), `sdpa` or `explicit` —
-    /// a lever for measuring one form against the other (on CUDA, `explicit` is transformers'
-    /// eager attention). Any other value is reported once and `auto` kept.
-    pub fn from_env() -> Self {
-        let Ok(value) = std::env::var("SUMFLOW_ATTENTION") else { return AttentionBackend::Auto };
-        AttentionBackend::parse(&value).unwrap_or_else(|e| {
-            static WARNED: std::sync::Once = std::sync::Once::new();
-            WARNED.call_once(|| eprintln!("SUMFLOW_ATTENTION: {e}; using auto"));
-            AttentionBackend::Auto
-        })
-    }
-
-    /// `auto`, `sdpa` or `explicit`.
-    pub fn parse(name: &str) -> Result<Self, String> {
-        match name.trim() {
-            "" | "auto" => Ok(AttentionBackend::Auto),
-            "sdpa" => Ok(AttentionBackend::Sdpa),
-            "explicit" => Ok(AttentionBackend::Explicit),
-            other => Err(format!("`{other}` is not an attention backend (auto, sdpa or explicit)")),
-        }
-    }
-
-    pub(crate) fn explicit(self, q: &Tensor) -> bool {
-        match self {
-            AttentionBackend::Sdpa => false,
-            AttentionBackend::Explicit => true,
-            AttentionBackend::Auto => q.device() == Device::Cpu && (q.kind() == Kind::BFloat16 || q.size()[2] == 1),
-        }
+/// Whether attention is written out (scores, an fp32 softmax, the weighted sum) rather than
+/// handed to libtorch's fused kernel, for queries `q` under `backend`: `auto` writes it out on
+/// the CPU in bf16 or for one query at a time (decoding; see [`AttentionBackend::Auto`]).
+pub fn writes_out(backend: AttentionBackend, q: &Tensor) -> bool {
+    match backend {
+        AttentionBackend::Sdpa => false,
+        AttentionBackend::Explicit => true,
+        AttentionBackend::Auto => q.device() == Device::Cpu && (q.kind() == Kind::BFloat16 || q.size()[2] == 1),
     }
 }
 
@@ -250,13 +208,10 @@ impl Attention {
         self.dropout = p;
     }
 
-    /// The projection names LoRA can target.
-    pub const PROJECTIONS: [&'static str; 4] = ["q", "k", "v", "o"];
-
     /// Adds an adapter to projection `name` (`q`, `k`, `v` or `o`); returns its base layer's
     /// (in, out) features.
     pub fn add_lora(&mut self, name: &str, make: impl FnOnce(i64, i64) -> Lora) -> Option<(i64, i64)> {
-        let i = Self::PROJECTIONS.iter().position(|p| *p == name)?;
+        let i = PROJECTIONS.iter().position(|p| *p == name)?;
         let (out_f, in_f) = self.base(i).ws.size2().expect("2-d weight");
         self.lora[i] = Some(make(in_f, out_f));
         Some((in_f, out_f))
@@ -270,7 +225,7 @@ impl Attention {
     /// and removes it: the same projection at inference, without the adapter's two extra
     /// products. The weights change in place (in their variable store too).
     pub fn fold_lora(&mut self) {
-        for i in 0..Self::PROJECTIONS.len() {
+        for i in 0..PROJECTIONS.len() {
             if let Some(l) = self.lora[i].take() {
                 let w = &self.base(i).ws;
                 tch::no_grad(|| {
@@ -288,11 +243,6 @@ impl Attention {
             Some(l) => y + l.forward(x, train),
             None => y,
         }
-    }
-
-    /// Whether this layer owns the relative-position bias.
-    pub fn has_relative_bias(&self) -> bool {
-        self.relative_bias.is_some()
     }
 
     /// Relative position → bucket, as Mesh TensorFlow and transformers compute it.
@@ -396,7 +346,7 @@ impl Attention {
         };
         // T5 does not scale scores by 1/sqrt(d_kv): scale = 1.
         let p = if train { self.dropout } else { 0.0 };
-        let out = if backend.explicit(&q) {
+        let out = if writes_out(backend, &q) {
             let scores = q.matmul(&k.transpose(-1, -2)).to_kind(Kind::Float) + bias.as_kind(Kind::Float);
             scores.softmax(-1, Kind::Float).dropout(p, train).to_kind(q.kind()).matmul(&v)
         } else {
@@ -419,15 +369,5 @@ mod tests {
         let (first, second) = (bias.as_kind(Kind::BFloat16), bias.as_kind(Kind::BFloat16));
         assert_eq!(first.kind(), Kind::BFloat16);
         assert_eq!(first.data_ptr(), second.data_ptr(), "the later layers reuse the first cast");
-    }
-
-    #[test]
-    fn the_attention_lever_takes_the_three_backends_and_refuses_others() {
-        assert_eq!(AttentionBackend::parse(""), Ok(AttentionBackend::Auto));
-        assert_eq!(AttentionBackend::parse("auto"), Ok(AttentionBackend::Auto));
-        assert_eq!(AttentionBackend::parse("sdpa"), Ok(AttentionBackend::Sdpa));
-        assert_eq!(AttentionBackend::parse(" explicit\n"), Ok(AttentionBackend::Explicit));
-        let e = AttentionBackend::parse("flash").unwrap_err();
-        assert!(e.contains("`flash`") && e.contains("auto, sdpa or explicit"), "{e}");
     }
 }

@@ -4,7 +4,8 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
-use super::attention::{Attention, AttentionBackend, CacheSlot, LayerBias, LayerCache};
+use super::attention::{Attention, CacheSlot, LayerBias, LayerCache};
+use crate::runtime::AttentionBackend;
 use super::config::T5Config;
 use super::layer_norm::LayerNorm;
 

@@ -125,4 +125,42 @@ impl T5Config {
 
     /// The preset names.
     pub const PRESETS: [&'static str; 4] = ["tiny", "flan-t5-small", "flan-t5-base", "flan-t5-large"];
+
+    /// What is wrong with the config for this model, field by field: sizes out of range (also
+    /// bounded, so a config cannot ask for more memory than any T5 needs), token ids outside the
+    /// vocabulary, a feed-forward kind this model does not have.
+    pub fn check(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut range = |field: &str, v: i64, lo: i64, hi: i64| {
+            if !(lo..=hi).contains(&v) {
+                out.push(format!("`{field}` is {v}; it must be between {lo} and {hi}"));
+            }
+        };
+        range("vocab_size", self.vocab_size, 1, 1 << 20);
+        range("d_model", self.d_model, 1, 1 << 14);
+        range("d_kv", self.d_kv, 1, 1 << 10);
+        range("d_ff", self.d_ff, 1, 1 << 16);
+        range("num_heads", self.num_heads, 1, 256);
+        range("num_layers", self.num_layers, 1, 128);
+        range("num_decoder_layers", self.decoder_layers(), 1, 128);
+        range("relative_attention_num_buckets", self.relative_attention_num_buckets, 4, 1024);
+        range("relative_attention_max_distance", self.relative_attention_max_distance, self.relative_attention_num_buckets, 1 << 20);
+        for (field, id) in [
+            ("decoder_start_token_id", self.decoder_start_token_id),
+            ("pad_token_id", self.pad_token_id),
+            ("eos_token_id", self.eos_token_id),
+        ] {
+            range(field, id, 0, self.vocab_size - 1);
+        }
+        if !(0.0..1.0).contains(&self.dropout_rate) {
+            out.push(format!("`dropout_rate` is {}; it must be in [0, 1)", self.dropout_rate));
+        }
+        if !(self.layer_norm_epsilon.is_finite() && self.layer_norm_epsilon > 0.0) {
+            out.push(format!("`layer_norm_epsilon` is {}; it must be above 0", self.layer_norm_epsilon));
+        }
+        if !matches!(self.feed_forward_proj.as_str(), "relu" | "gated-gelu") {
+            out.push(format!("`feed_forward_proj` is `{}`: this T5 has `relu` or `gated-gelu`", self.feed_forward_proj));
+        }
+        out
+    }
 }

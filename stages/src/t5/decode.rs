@@ -3,15 +3,18 @@
 //! ones' rows busy. [`greedy_fixed`] is greedy decoding with shapes that never change, for CUDA
 //! graphs.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::attention::KEY_MULTIPLE;
-use super::{KvCache, T5};
-use crate::cuda_graph::Graph;
+use super::attention::KvCache;
+use super::model::T5;
+use crate::error::StageError;
+use crate::torch::cuda_graph::Graph;
 
 /// How the next token is chosen.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase", tag = "strategy", deny_unknown_fields)]
 pub enum Strategy {
     /// The most likely token.
@@ -157,7 +160,7 @@ pub fn greedy_fixed(
     mask: &Tensor,
     max_new_tokens: i64,
     graphs: bool,
-) -> Result<Vec<Vec<i64>>, String> {
+) -> Result<Vec<Vec<i64>>, StageError> {
     tch::no_grad(|| {
         let c = &model.config;
         let (b, device) = (input_ids.size()[0], input_ids.device());

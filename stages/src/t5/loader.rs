@@ -1,12 +1,14 @@
 //! Opening a model folder in Hugging Face's layout (`config.json`, `model.safetensors`,
-//! `tokenizer.json`), local or fetched by [`crate::hub::fetch_model`].
+//! `tokenizer.json`), local or fetched by [`crate::io::hub::fetch_model`].
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tch::{nn, Device, Kind};
 use tokenizers::Tokenizer;
 
-use super::{weights, T5Config, T5};
+use super::config::T5Config;
+use super::model::T5;
+use super::{adapt, weights};
 use crate::error::StageError;
 
 /// A model ready to run.
@@ -17,8 +19,6 @@ pub struct Loaded {
     pub model: T5,
     /// Its tokenizer.
     pub tokenizer: Tokenizer,
-    /// The folder it came from.
-    pub dir: PathBuf,
     /// A LoRA adapter's variables, when one is applied.
     pub adapters: Option<nn::VarStore>,
 }
@@ -29,8 +29,12 @@ const FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
 pub fn read_config(dir: &Path) -> Result<T5Config, StageError> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| StageError::io(&path, e))?;
-    serde_json::from_str(&text)
-        .map_err(|e| StageError::data(path.display().to_string(), format!("not a T5 config: {e}")))
+    let config: T5Config = serde_json::from_str(&text).map_err(|e| StageError::json(&path, e))?;
+    let problems = config.check();
+    if !problems.is_empty() {
+        return Err(StageError::data(path.display().to_string(), problems.join("; ")));
+    }
+    Ok(config)
 }
 
 /// Loads config, weights and tokenizer from `dir` onto `device` in precision `kind`.
@@ -48,28 +52,30 @@ pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Loaded, StageError
     if kind != Kind::Float {
         vs.set_kind(kind);
     }
-    let tokenizer = crate::tokenizer::load(&dir.join("tokenizer.json"))?;
-    Ok(Loaded { vs, model, tokenizer, dir: dir.to_path_buf(), adapters: None })
+    let path = dir.join("tokenizer.json");
+    let tokenizer = crate::data::tokenizer::load(&path)?;
+    // Every id the tokenizer makes must have a row in the embedding.
+    let pieces = tokenizer.get_vocab_size(true) as i64;
+    if pieces > model.config.vocab_size {
+        return Err(StageError::data(
+            path.display().to_string(),
+            format!("has {pieces} pieces; the model embeds only {} (config.json's vocab_size)", model.config.vocab_size),
+        ));
+    }
+    Ok(Loaded { vs, model, tokenizer, adapters: None })
 }
 
 impl Loaded {
-    /// Applies the PEFT adapter in `dir` (same device and precision as the model).
-    pub fn with_adapter(mut self, dir: &Path) -> Result<Self, StageError> {
-        let mut vs = crate::lora::load_adapter(&mut self.model, dir, self.vs.device())?;
-        if let Some(kind) = self.vs.variables().values().next().map(tch::Tensor::kind) {
-            if kind != Kind::Float {
-                vs.set_kind(kind);
-            }
-        }
-        self.adapters = Some(vs);
-        Ok(self)
+    /// Folds the applied adapter into the base weights and drops it (see
+    /// [`adapt::fold`]): for inference, where the adapter no longer trains.
+    pub fn fold_adapter(&mut self) {
+        adapt::fold(&mut self.model);
+        self.adapters = None;
     }
 
-    /// Folds the applied adapter into the base weights and drops it (see
-    /// [`crate::lora::fold`]): for inference, where the adapter no longer trains.
-    pub fn fold_adapter(&mut self) {
-        crate::lora::fold(&mut self.model);
-        self.adapters = None;
+    /// The device the model's weights are on.
+    pub fn device(&self) -> Device {
+        self.vs.device()
     }
 }
 

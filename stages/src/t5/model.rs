@@ -5,10 +5,11 @@
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Reduction, Tensor};
 
-use super::attention::{attention_kernel, AttentionBackend, KvCache, LayerBias};
+use super::attention::{attention_kernel, writes_out, KvCache, LayerBias};
 use super::block::{Block, BlockInputs};
 use super::config::T5Config;
 use super::layer_norm::LayerNorm;
+use crate::runtime::AttentionBackend;
 
 /// The most negative finite value of `kind`: masked attention scores.
 pub fn mask_value(kind: Kind) -> f64 {
@@ -60,8 +61,8 @@ pub struct T5 {
     /// The decoder stack.
     pub decoder: Stack,
     lm_head: Option<nn::Linear>,
-    /// How attention is computed (the fastest measured for the device by default;
-    /// `SUMFLOW_ATTENTION` overrides it).
+    /// How attention is computed (`auto`: the fastest measured for the device; the stages set
+    /// the process's [`crate::RuntimeOptions::attention`]).
     pub attention: AttentionBackend,
 }
 
@@ -77,7 +78,7 @@ impl T5 {
             ws: (path / "lm_head").var("weight", &[c.vocab_size, c.d_model], nn::Init::Randn { mean: 0.0, stdev: 1.0 }),
             bs: None,
         });
-        T5 { config, shared, encoder, decoder, lm_head, attention: AttentionBackend::from_env() }
+        T5 { config, shared, encoder, decoder, lm_head, attention: AttentionBackend::Auto }
     }
 
     /// Sets every dropout rate (the config's `dropout_rate` otherwise).
@@ -156,7 +157,7 @@ impl T5 {
         let cross_kv = heads(s).contiguous();
         // Where this model writes attention out, libtorch picks nothing.
         let kernel = |q: &Tensor, kv: &Tensor, bias: Tensor| {
-            if self.attention.explicit(q) {
+            if writes_out(self.attention, q) {
                 "written out"
             } else {
                 attention_kernel(q, kv, &mask(bias), p)
@@ -312,22 +313,6 @@ impl T5 {
     }
 }
 
-/// (trainable, total) parameters of a model with `config`, built on the CPU; with LoRA, only
-/// the adapters train and the total counts them too (the lab's printout).
-pub fn count_parameters(config: &T5Config, lora: Option<&crate::lora::LoraSettings>) -> (i64, i64) {
-    let vs = nn::VarStore::new(Device::Cpu);
-    let mut model = T5::new(&vs.root(), config.clone());
-    let count = |vs: &nn::VarStore| vs.variables().values().map(|t| t.numel() as i64).sum::<i64>();
-    match lora {
-        None => (count(&vs), count(&vs)),
-        Some(s) => {
-            let adapters = nn::VarStore::new(Device::Cpu);
-            crate::lora::apply(&mut model, &adapters.root(), s);
-            (count(&adapters), count(&vs) + count(&adapters))
-        }
-    }
-}
-
 /// A seeded tiny model with a 100-token vocabulary, for unit tests.
 #[cfg(test)]
 pub(crate) fn tiny() -> (nn::VarStore, T5) {
@@ -373,7 +358,6 @@ mod tests {
     /// kernel, and the CPU's chunked encoder vs one pass (issue: numerics unchanged).
     #[test]
     fn the_fast_paths_give_the_plain_paths_results() {
-        use crate::t5::attention::AttentionBackend;
         use crate::t5::decode::{generate, Strategy};
         let (_vs, mut m) = tiny();
         let (x, mask, dec) = batch();
@@ -457,13 +441,5 @@ mod tests {
         // Padding with the pad id instead (the lab's bug) changes the loss.
         let pad_trained = Tensor::from_slice(&[3i64, 4, 5, 1, 0, 0]).view([1, 6]);
         assert!((m.loss(&x, &mask, &pad_trained, false).double_value(&[]) - a).abs() > 1e-3);
-    }
-
-    #[test]
-    fn flan_t5_base_has_the_labs_parameter_count() {
-        let base = T5Config::preset("flan-t5-base").unwrap();
-        assert_eq!(count_parameters(&base, None), (247_577_856, 247_577_856));
-        // The lab's LoRA printout: r 32 on q and v.
-        assert_eq!(count_parameters(&base, Some(&crate::lora::LoraSettings::default())), (3_538_944, 251_116_800));
     }
 }

@@ -11,7 +11,7 @@ use tch::{nn, Kind, Tensor};
 use crate::error::StageError;
 
 fn tch_err(path: &Path, e: tch::TchError) -> StageError {
-    StageError::data(path.display().to_string(), e.to_string())
+    StageError::torch(path.display().to_string(), e)
 }
 
 /// Copies the tensors of a safetensors file into the variables of `vs`, by name. Every variable
@@ -26,6 +26,9 @@ pub fn load_into(targets: impl IntoIterator<Item = (String, Tensor)>, path: &Pat
     let tensors: HashMap<String, Tensor> =
         Tensor::read_safetensors(path).map_err(|e| tch_err(path, e))?.into_iter().collect();
     let mut missing = Vec::new();
+    // In name order, so that the first problem reported is always the same one.
+    let mut targets: Vec<(String, Tensor)> = targets.into_iter().collect();
+    targets.sort_by(|a, b| a.0.cmp(&b.0));
     tch::no_grad(|| {
         for (name, mut var) in targets {
             let src = tensors
@@ -39,6 +42,13 @@ pub fn load_into(targets: impl IntoIterator<Item = (String, Tensor)>, path: &Pat
                 return Err(StageError::data(
                     path.display().to_string(),
                     format!("`{name}` has shape {:?}, the model expects {:?}", src.size(), var.size()),
+                ));
+            }
+            // Weights that are not numbers compute nothing but NaN: refused on loading.
+            if src.is_floating_point() && src.isfinite().all().int64_value(&[]) == 0 {
+                return Err(StageError::data(
+                    path.display().to_string(),
+                    format!("`{name}` holds values that are not finite (NaN or infinity)"),
                 ));
             }
             var.f_copy_(&src.to_kind(var.kind())).map_err(|e| tch_err(path, e))?;
@@ -74,14 +84,14 @@ impl safetensors::View for &View {
     }
 }
 
-fn view(t: &Tensor) -> Result<View, String> {
+fn view(t: &Tensor) -> Result<View, StageError> {
     let dtype = match t.kind() {
         Kind::Float => safetensors::Dtype::F32,
         Kind::BFloat16 => safetensors::Dtype::BF16,
         Kind::Half => safetensors::Dtype::F16,
         Kind::Double => safetensors::Dtype::F64,
         Kind::Int64 => safetensors::Dtype::I64,
-        k => return Err(format!("cannot write tensors of kind {k:?}")),
+        k => return Err(StageError::Internal(format!("cannot write tensors of kind {k:?}"))),
     };
     let t = t.to_device(tch::Device::Cpu).contiguous();
     let numel = t.numel();
@@ -95,11 +105,18 @@ pub fn save(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<(), Stage
     let views: Vec<(String, View)> = tensors
         .iter()
         .map(|(n, t)| view(t).map(|v| (n.clone(), v)))
-        .collect::<Result<_, _>>()
-        .map_err(|m| StageError::data(path.display().to_string(), m))?;
+        .collect::<Result<_, _>>()?;
     let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
     safetensors::serialize_to_file(views.iter().map(|(n, v)| (n.as_str(), v)), &metadata, path)
-        .map_err(|e| StageError::data(path.display().to_string(), e.to_string()))
+        .map_err(|source| StageError::Safetensors { path: path.to_path_buf(), source })
+}
+
+/// The names of the tensors in a safetensors file.
+pub fn names(path: &Path) -> Result<Vec<String>, StageError> {
+    let bytes = std::fs::read(path).map_err(|e| StageError::io(path, e))?;
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|source| StageError::Safetensors { path: path.to_path_buf(), source })?;
+    Ok(metadata.tensors().into_keys().collect())
 }
 
 /// Every variable of `vs`, by name.

@@ -1,0 +1,341 @@
+//! Runs a pipeline: plans it, then executes the misses in dependency order on worker threads
+//! (at most `jobs` at once, one GPU stage at a time), committing each stage's outputs to the
+//! cache as it finishes. A failed stage's descendants are skipped; independent stages go on,
+//! and everything that finished stays cached. It reports through [`Reporter`] and never prints.
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use sumflow_stages::{panic_message, ArtifactKind, Progress, Resource, RuntimeOptions, StageContext, StageRecord};
+
+use crate::cache::{Cache, CacheLock, Entry, Stamp};
+use crate::error::{chain, Error};
+use crate::pipeline::Pipeline;
+use crate::run::memory;
+use crate::run::plan::{self, Selection, StagePlan, Status};
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Stages to force and to restrict to.
+    pub selection: Selection,
+    /// Stages running at once.
+    pub jobs: usize,
+    /// GPU stages running at once.
+    pub gpu_slots: usize,
+    /// Fail instead of running anything.
+    pub frozen: bool,
+    /// The process's runtime options, handed to every stage.
+    pub runtime: RuntimeOptions,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            selection: Selection::default(),
+            jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            gpu_slots: 1,
+            frozen: false,
+            runtime: RuntimeOptions::default(),
+        }
+    }
+}
+
+/// What happened to one stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Outputs came from the cache.
+    Hit,
+    /// It ran and its outputs were committed.
+    Ran,
+    /// It failed.
+    Failed(Failure),
+    /// It did not run: an input failed, or `--only` left it out.
+    Skipped(String),
+}
+
+/// Why a stage failed: the error, its sources kept.
+#[derive(Debug, Clone)]
+pub struct Failure(Arc<Error>);
+
+impl Failure {
+    /// The error's message and its causes', outermost first.
+    pub fn chain(&self) -> Vec<String> {
+        chain(self.0.as_ref())
+    }
+}
+
+impl PartialEq for Failure {
+    fn eq(&self, other: &Self) -> bool {
+        self.chain() == other.chain()
+    }
+}
+
+impl Eq for Failure {}
+
+impl std::fmt::Display for Failure {
+    /// The whole chain on one line, each cause after a colon.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.chain().join(": "))
+    }
+}
+
+/// The result of one stage in a run.
+#[derive(Debug, Clone)]
+pub struct StageRun {
+    /// What happened.
+    pub outcome: Outcome,
+    /// The recipe key.
+    pub key: String,
+    /// Time spent running (zero for hits).
+    pub duration: Duration,
+    /// The cache entry, for hits and successful runs.
+    pub entry: Option<Entry>,
+}
+
+/// Events for the reporter, in the order they happen.
+pub enum Event<'a> {
+    /// The plan is made: these stages hit, these will run.
+    Planned(&'a [StagePlan]),
+    /// Stage `i` started.
+    Started(usize),
+    /// Stage `i` finished (with its outcome).
+    Finished(usize, &'a StageRun),
+}
+
+/// Where the executor's events and stages' progress go.
+pub trait Reporter: Sync {
+    /// An event.
+    fn event(&self, p: &Pipeline, e: Event);
+    /// A progress sink for stage `i`.
+    fn progress(&self, p: &Pipeline, i: usize) -> Box<dyn Progress + '_>;
+    /// Another run holds the cache lock; we wait.
+    fn waiting_for_lock(&self, holder: &str);
+}
+
+/// Runs `p` against `cache`; returns every stage's result in `p.stages` order.
+pub fn run(p: &Pipeline, cache: &Cache, opts: &RunOptions, reporter: &dyn Reporter) -> Result<Vec<StageRun>, Error> {
+    let waiting = |holder: &str| reporter.waiting_for_lock(holder);
+    // A frozen run writes no artifact: it shares the cache (read-only ones too) with its kind.
+    let _lock = if opts.frozen {
+        CacheLock::shared(&cache.path("lock"), &waiting)?
+    } else {
+        let lock = CacheLock::acquire(&cache.path("lock"), &waiting)?;
+        cache.clear_scratch()?;
+        lock
+    };
+    let plans = plan::plan(p, cache, &opts.selection, &opts.runtime)?;
+    reporter.event(p, Event::Planned(&plans));
+    if opts.frozen {
+        let misses: Vec<String> = plans
+            .iter()
+            .filter(|s| s.status == Status::Miss)
+            .map(|s| format!("{} ({})", s.id, s.reasons.join("; ")))
+            .collect();
+        if !misses.is_empty() {
+            return Err(Error::Frozen(format!("{} stage(s) would run: {}", misses.len(), misses.join(", "))));
+        }
+    }
+
+    let mut runs: Vec<Option<StageRun>> = plans
+        .iter()
+        .map(|s| match s.status {
+            Status::Hit => Some(StageRun {
+                outcome: Outcome::Hit,
+                key: s.key.clone(),
+                duration: Duration::ZERO,
+                entry: s.entry.clone(),
+            }),
+            Status::Skipped => Some(StageRun {
+                outcome: Outcome::Skipped("not selected".into()),
+                key: s.key.clone(),
+                duration: Duration::ZERO,
+                entry: None,
+            }),
+            Status::Miss => None,
+        })
+        .collect();
+    for (i, r) in runs.iter().enumerate() {
+        if let Some(r) = r {
+            reporter.event(p, Event::Finished(i, r));
+        }
+    }
+
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::channel::<(usize, Result<Entry, Error>, Duration)>();
+        let mut running = 0;
+        let mut gpu_running = 0;
+        let mut started = vec![false; p.stages.len()];
+        loop {
+            // Skip stages whose inputs failed; start those whose inputs are ready.
+            for &i in &p.order {
+                if runs[i].is_some() || started[i] {
+                    continue;
+                }
+                let node = &p.stages[i];
+                if let Some(bad) = node.inputs.iter().find(|b| {
+                    matches!(runs[b.stage].as_ref().map(|r| &r.outcome), Some(Outcome::Failed(_) | Outcome::Skipped(_)))
+                }) {
+                    let run = StageRun {
+                        outcome: Outcome::Skipped(format!("input `{}` did not run", p.stages[bad.stage].id)),
+                        key: plans[i].key.clone(),
+                        duration: Duration::ZERO,
+                        entry: None,
+                    };
+                    reporter.event(p, Event::Finished(i, &run));
+                    runs[i] = Some(run);
+                    continue;
+                }
+                let ready = node.inputs.iter().all(|b| runs[b.stage].as_ref().is_some_and(|r| r.entry.is_some()));
+                let gpu = node.resource == Resource::Gpu;
+                if !ready || running >= opts.jobs.max(1) || (gpu && gpu_running >= opts.gpu_slots.max(1)) {
+                    continue;
+                }
+                let inputs: BTreeMap<String, (PathBuf, ArtifactKind)> = node
+                    .inputs
+                    .iter()
+                    .map(|b| {
+                        let entry = runs[b.stage].as_ref().and_then(|r| r.entry.as_ref()).expect("ready");
+                        (b.field.clone(), (cache.artifact(&entry.outputs[&b.output].digest), b.kind))
+                    })
+                    .collect();
+                let upstream = upstream(p, i, &runs);
+                started[i] = true;
+                running += 1;
+                gpu_running += usize::from(gpu);
+                // A stage that starts alone gets a peak-memory mark of its own.
+                if running == 1 {
+                    memory::reset_peak();
+                }
+                reporter.event(p, Event::Started(i));
+                let tx = tx.clone();
+                let plan = &plans[i];
+                scope.spawn(move || {
+                    let t0 = Instant::now();
+                    let result = run_stage(p, i, plan, inputs, upstream, cache, &opts.runtime, reporter);
+                    let _ = tx.send((i, result, t0.elapsed()));
+                });
+            }
+            if running == 0 {
+                break;
+            }
+            let (i, result, duration) = rx.recv().expect("a worker is running");
+            running -= 1;
+            gpu_running -= usize::from(p.stages[i].resource == Resource::Gpu);
+            let run = match result {
+                Ok(entry) => {
+                    StageRun { outcome: Outcome::Ran, key: plans[i].key.clone(), duration, entry: Some(entry) }
+                }
+                Err(e) => StageRun {
+                    outcome: Outcome::Failed(Failure(Arc::new(e))),
+                    key: plans[i].key.clone(),
+                    duration,
+                    entry: None,
+                },
+            };
+            reporter.event(p, Event::Finished(i, &run));
+            runs[i] = Some(run);
+        }
+    });
+
+    let runs: Vec<StageRun> = runs.into_iter().map(|r| r.expect("every stage settled")).collect();
+    for run in &runs {
+        if let (Outcome::Hit | Outcome::Ran, Some(entry)) = (&run.outcome, &run.entry) {
+            cache.set_history(entry)?;
+        }
+    }
+    Ok(runs)
+}
+
+/// How the stages upstream of stage `i` (its inputs, theirs, …) went, in pipeline order.
+fn upstream(p: &Pipeline, i: usize, runs: &[Option<StageRun>]) -> Vec<StageRecord> {
+    let mut seen = vec![false; p.stages.len()];
+    let mut stack: Vec<usize> = p.stages[i].inputs.iter().map(|b| b.stage).collect();
+    while let Some(j) = stack.pop() {
+        if !std::mem::replace(&mut seen[j], true) {
+            stack.extend(p.stages[j].inputs.iter().map(|b| b.stage));
+        }
+    }
+    (0..p.stages.len())
+        .filter(|&j| seen[j])
+        .filter_map(|j| {
+            let run = runs[j].as_ref()?;
+            let entry = run.entry.as_ref()?;
+            Some(StageRecord {
+                id: entry.stage.clone(),
+                kind: entry.kind.clone(),
+                cached: run.outcome == Outcome::Hit,
+                seconds: entry.duration_s,
+                stats: entry.stats.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Runs one stage into a scratch folder and commits its outputs; a panic becomes an error.
+#[allow(clippy::too_many_arguments)]
+fn run_stage(
+    p: &Pipeline,
+    i: usize,
+    plan: &StagePlan,
+    inputs: BTreeMap<String, (PathBuf, ArtifactKind)>,
+    upstream: Vec<StageRecord>,
+    cache: &Cache,
+    runtime: &RuntimeOptions,
+    reporter: &dyn Reporter,
+) -> Result<Entry, Error> {
+    let node = &p.stages[i];
+    // The local files the key covers must be the versions it was computed from, before the
+    // stage reads them and after (a file rewritten meanwhile would cache one version's output
+    // under the other's key).
+    let unchanged = || -> Result<(), Error> {
+        for (path, stamp) in &plan.files {
+            if Stamp::of(path)? != *stamp {
+                return Err(Error::InputChanged { path: path.clone() });
+            }
+        }
+        Ok(())
+    };
+    unchanged()?;
+    let scratch = cache.scratch(&plan.key)?;
+    let progress = reporter.progress(p, i);
+    let ctx =
+        StageContext::new(&node.id, inputs, scratch.clone(), cache.work_dir(&plan.key), progress.as_ref(), runtime)
+            .with_upstream(upstream);
+    let t0 = Instant::now();
+    // GPU stages run one at a time, so the device's memory is theirs.
+    let gpu = if node.resource == Resource::Gpu { memory::GpuSampler::start() } else { None };
+    let result = match catch_unwind(AssertUnwindSafe(|| node.stage.run(&node.params, &ctx))) {
+        Ok(ran) => ran.map_err(Error::from),
+        Err(panic) => Err(Error::Panicked(panic_message(panic.as_ref()))),
+    };
+    // A file that changed underneath explains whatever the stage made of it (a torn row, say).
+    let result = unchanged().and(result);
+    let gpu_mb = gpu.map(memory::GpuSampler::stop);
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&scratch);
+        return Err(e);
+    }
+    if let Some(mb) = memory::peak_mb() {
+        ctx.record("peak_rss_mb", mb);
+    }
+    if let Some(mb) = gpu_mb {
+        ctx.record("peak_gpu_mb", mb);
+    }
+    let entry = Entry {
+        key: plan.key.clone(),
+        pipeline: p.name.clone(),
+        stage: node.id.clone(),
+        kind: node.stage.kind().to_string(),
+        recipe: plan.recipe.json.clone(),
+        outputs: BTreeMap::new(),
+        created: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        duration_s: t0.elapsed().as_secs_f64(),
+        stats: ctx.stats(),
+        warnings: ctx.warnings(),
+    };
+    cache.commit(&scratch, &node.outputs, entry)
+}

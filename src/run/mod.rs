@@ -1,0 +1,10 @@
+//! Running a pipeline: the [`plan`] (hit or miss per stage, and why), the [`executor`] that runs
+//! the misses, the [`manifest`] each run writes and the audits that check it ([`reproduce`]),
+//! peak [`memory`] per stage, and the [`console`] that shows a run as it goes.
+
+pub mod console;
+pub mod executor;
+pub mod manifest;
+pub mod memory;
+pub mod plan;
+pub mod reproduce;

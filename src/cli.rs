@@ -78,6 +78,12 @@ enum Command {
         #[arg(long, value_name = "STAGE")]
         reproduce: Option<String>,
     },
+    /// Compare runs from their manifests: `exp show` (a table of runs or sweep columns),
+    /// `exp diff A [B]`.
+    Exp {
+        #[command(subcommand)]
+        action: ExpAction,
+    },
     /// Score prediction columns of a CSV/JSONL/Parquet file with ROUGE.
     Score(commands::score::ScoreArgs),
     /// List the stage kinds, or print one kind's params (type, default, what it does).
@@ -110,6 +116,14 @@ enum CacheAction {
         #[arg(long)]
         repair: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ExpAction {
+    /// A row per run (vars that differ, each model's score) or per sweep column.
+    Show(commands::exp::ShowArgs),
+    /// Two runs' vars, scores and stage keys side by side.
+    Diff(commands::exp::DiffArgs),
 }
 
 #[derive(Debug, Args)]
@@ -222,6 +236,13 @@ pub fn main(cli: Cli) -> Result<ExitCode, Error> {
         }
         Command::Audit { run, reproduce } => {
             commands::audit::audit(&Cache::open(cache_dir)?, &run, reproduce.as_deref(), &registry, &runtime)
+        }
+        Command::Exp { action } => {
+            let cache = Cache::open(cache_dir)?;
+            match action {
+                ExpAction::Show(args) => commands::exp::show(&cache, &args),
+                ExpAction::Diff(args) => commands::exp::diff(&cache, &args),
+            }
         }
         Command::Score(args) => commands::score::score(&args),
         Command::Bench(args) => commands::bench::bench(&args, &runtime),

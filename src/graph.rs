@@ -1,23 +1,40 @@
 //! The stage graph's order (petgraph): a topological order of the stages, or one cycle named
 //! stage by stage. It works on indices and edges only, and knows nothing of pipelines.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 use petgraph::algo::{tarjan_scc, toposort};
 use petgraph::graph::{DiGraph, NodeIndex};
 
 /// Edges `from → to` between `n` nodes: a topological order, or one cycle as node indices
-/// (first node repeated at the end).
+/// (first node repeated at the end). Of the nodes ready at each point, the lowest index comes
+/// first, so stages run and print in the file's order where their inputs allow.
 pub fn order(n: usize, edges: &[(usize, usize)]) -> Result<Vec<usize>, Vec<usize>> {
     let mut g: DiGraph<usize, ()> = DiGraph::new();
     let nodes: Vec<NodeIndex> = (0..n).map(|i| g.add_node(i)).collect();
     for &(a, b) in edges {
         g.add_edge(nodes[a], nodes[b], ());
     }
-    match toposort(&g, None) {
-        Ok(order) => Ok(order.into_iter().map(|ix| g[ix]).collect()),
-        Err(_) => Err(find_cycle(&g)),
+    if toposort(&g, None).is_err() {
+        return Err(find_cycle(&g));
     }
+    // Kahn's algorithm with the ready nodes in a min-heap.
+    let mut waiting: Vec<usize> =
+        nodes.iter().map(|&ix| g.neighbors_directed(ix, petgraph::Incoming).count()).collect();
+    let mut ready: BinaryHeap<Reverse<usize>> = (0..n).filter(|&i| waiting[i] == 0).map(Reverse).collect();
+    let mut out = Vec::with_capacity(n);
+    while let Some(Reverse(i)) = ready.pop() {
+        out.push(i);
+        for next in g.neighbors_directed(nodes[i], petgraph::Outgoing) {
+            let j = g[next];
+            waiting[j] -= 1;
+            if waiting[j] == 0 {
+                ready.push(Reverse(j));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// A cycle inside the first strongly connected component that has one.
@@ -57,6 +74,8 @@ mod tests {
     fn orders_inputs_first() {
         let order = order(3, &[(2, 1), (1, 0)]).unwrap();
         assert_eq!(order, [2, 1, 0]);
+        // Otherwise the file's order: 0 and 2 are ready at once, 1 waits for 2.
+        assert_eq!(super::order(4, &[(2, 1), (0, 3)]).unwrap(), [0, 2, 1, 3]);
     }
 
     #[test]

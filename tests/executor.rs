@@ -1,5 +1,5 @@
 //! The executor with fake stages (no data, no libtorch): counting runs, failures, panics,
-//! parallelism and the one-GPU-stage limit.
+//! parallelism and the GPU slots (fake devices).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use sumflow::cache::{self, Cache};
 use sumflow::pipeline::{self, Pipeline};
 use sumflow::run::executor::{self, Event, Outcome, Reporter, RunOptions};
+use sumflow::run::gpus::Gpu;
 use sumflow_stages::{
     ArtifactKind, InputRef, InputSlot, NoProgress, OutputDecl, Progress, Registry, Resource, Stage, StageContext,
     StageError,
@@ -51,6 +52,9 @@ struct FakeParams {
     gpu: bool,
 }
 
+/// The devices held now, and every device a stage was pinned to (`None`: unpinned).
+type Devices = (Vec<Option<usize>>, Vec<Option<usize>>);
+
 /// How many fake stages ran at once, at most.
 #[derive(Default)]
 struct Concurrency {
@@ -58,6 +62,10 @@ struct Concurrency {
     max_running: AtomicUsize,
     gpu_running: AtomicUsize,
     max_gpu: AtomicUsize,
+    /// The devices GPU stages hold now, and every device a stage was pinned to.
+    devices: Mutex<Devices>,
+    /// A stage was pinned to a device another stage held.
+    shared_device: std::sync::atomic::AtomicBool,
 }
 
 /// Writes its tag (plus its input's content) to `out/value`; can sleep, fail or panic.
@@ -93,6 +101,12 @@ impl Stage for Fake {
         if p.gpu {
             let g = c.gpu_running.fetch_add(1, Ordering::SeqCst) + 1;
             c.max_gpu.fetch_max(g, Ordering::SeqCst);
+            let mut devices = c.devices.lock().unwrap();
+            if devices.0.contains(&ctx.gpu) {
+                c.shared_device.store(true, Ordering::SeqCst);
+            }
+            devices.0.push(ctx.gpu);
+            devices.1.push(ctx.gpu);
         }
         std::thread::sleep(Duration::from_millis(p.sleep_ms));
         // Write part of the output before failing: none of it may reach the cache.
@@ -105,6 +119,9 @@ impl Stage for Fake {
         c.running.fetch_sub(1, Ordering::SeqCst);
         if p.gpu {
             c.gpu_running.fetch_sub(1, Ordering::SeqCst);
+            let mut devices = c.devices.lock().unwrap();
+            let held = devices.0.iter().position(|d| *d == ctx.gpu).unwrap();
+            devices.0.remove(held);
         }
         if p.panic {
             panic!("deliberate panic in {}", p.tag);
@@ -190,17 +207,50 @@ fn a_failing_stage_leaves_no_artifact_and_skips_only_its_descendants() {
     assert!(report.problems.is_empty());
 }
 
-#[test]
-fn independent_stages_run_in_parallel_but_gpu_stages_one_at_a_time() {
+/// Four GPU stages that take 300 ms each and two CPU stages, on `gpus` fake devices.
+fn gpu_sweep(gpus: usize) -> (Setup, Vec<Outcome>) {
     let s = Setup::new();
     let t = unique_tag();
-    let yaml = format!(
-        "name: t\nstages:\n  c1: {{kind: fake, tag: c1{t}, sleep_ms: 300}}\n  c2: {{kind: fake, tag: c2{t}, sleep_ms: 300}}\n  g1: {{kind: fake, tag: g1{t}, sleep_ms: 200, gpu: true}}\n  g2: {{kind: fake, tag: g2{t}, sleep_ms: 200, gpu: true}}\n"
-    );
-    let opts = RunOptions { jobs: 4, ..RunOptions::default() };
-    assert_eq!(s.run(&yaml, &opts), [const { Outcome::Ran }; 4]);
-    assert!(s.concurrency.max_running.load(Ordering::SeqCst) >= 2, "independent stages overlapped");
-    assert_eq!(s.concurrency.max_gpu.load(Ordering::SeqCst), 1, "GPU stages never overlap");
+    let mut yaml = "name: t\nstages:\n".to_string();
+    for g in 1..=4 {
+        yaml += &format!("  g{g}: {{kind: fake, tag: g{g}{t}, sleep_ms: 300, gpu: true}}\n");
+    }
+    yaml +=
+        &format!("  c1: {{kind: fake, tag: c1{t}, sleep_ms: 300}}\n  c2: {{kind: fake, tag: c2{t}, sleep_ms: 300}}\n");
+    let opts = RunOptions { jobs: 8, gpus: (0..gpus).map(Gpu::numbered).collect(), ..RunOptions::default() };
+    let outcomes = s.run(&yaml, &opts);
+    (s, outcomes)
+}
+
+#[test]
+fn with_four_gpus_four_gpu_stages_overlap_each_on_its_own_device() {
+    let (s, outcomes) = gpu_sweep(4);
+    assert_eq!(outcomes, [const { Outcome::Ran }; 6]);
+    let c = &s.concurrency;
+    assert_eq!(c.max_gpu.load(Ordering::SeqCst), 4, "the four GPU stages ran at once");
+    assert!(c.max_running.load(Ordering::SeqCst) > 4, "CPU stages ran beside them");
+    assert!(!c.shared_device.load(Ordering::SeqCst), "no two stages held one device");
+    let mut pinned = c.devices.lock().unwrap().1.clone();
+    pinned.sort();
+    assert_eq!(pinned, [Some(0), Some(1), Some(2), Some(3)]);
+}
+
+#[test]
+fn with_one_gpu_gpu_stages_take_turns_beside_the_cpu_stages() {
+    let (s, outcomes) = gpu_sweep(1);
+    assert_eq!(outcomes, [const { Outcome::Ran }; 6]);
+    let c = &s.concurrency;
+    assert_eq!(c.max_gpu.load(Ordering::SeqCst), 1, "GPU stages never overlap");
+    assert!(c.max_running.load(Ordering::SeqCst) >= 2, "CPU stages ran beside them");
+    assert_eq!(c.devices.lock().unwrap().1, [Some(0); 4]);
+}
+
+#[test]
+fn without_gpus_gpu_stages_take_turns_unpinned() {
+    let (s, outcomes) = gpu_sweep(0);
+    assert_eq!(outcomes, [const { Outcome::Ran }; 6]);
+    assert_eq!(s.concurrency.max_gpu.load(Ordering::SeqCst), 1);
+    assert_eq!(s.concurrency.devices.lock().unwrap().1, [None; 4]);
 }
 
 #[test]

@@ -156,7 +156,7 @@ fn a_garbled_entry_is_repaired_by_verify() {
     assert!(rerun.stderr.contains("ran   quick (subsample)"), "{}", rerun.stderr);
 }
 
-/// Item 12: an all-hit `--frozen` run, `plan` and `audit` work on a cache mounted read-only
+/// Item 12: an all-hit `--frozen` run, `plan`, `audit` and `exp` work on a cache mounted read-only
 /// (a bind mount in a user namespace of its own, as CI systems mount caches).
 #[test]
 fn read_only_uses_work_on_a_read_only_cache() {
@@ -168,7 +168,8 @@ fn read_only_uses_work_on_a_read_only_cache() {
     let script = format!(
         "set -e; mount --bind {c} {c}; mount -o remount,bind,ro {c}; \
          touch {c}/probe 2>/dev/null && {{ echo 'the mount is writable'; exit 3; }}; \
-         {bin} run p.yaml --frozen; {bin} plan p.yaml; {bin} audit latest; {bin} audit latest --reproduce scores",
+         {bin} run p.yaml --frozen; {bin} plan p.yaml; {bin} audit latest; {bin} audit latest --reproduce scores; \
+         {bin} exp show --format csv; {bin} exp diff latest latest",
         c = cache.display()
     );
     let out = std::process::Command::new("unshare")
@@ -185,6 +186,8 @@ fn read_only_uses_work_on_a_read_only_cache() {
     );
     assert!(stdout.contains("0 of 3 stages would run") && stdout.contains("all 3 artifacts match"), "{stdout}");
     assert!(stdout.contains("reproduced bit-exactly"), "{stdout}");
+    assert!(stdout.contains("\nrun,started,pipeline,status,rouge1 peft_model_summaries\n"), "{stdout}");
+    assert!(stdout.contains("vars: the same\nstages whose keys differ: none\nscores: the same\n"), "{stdout}");
 }
 
 /// Item 10: a reader that closes the pipe early ends the command quietly.

@@ -148,7 +148,8 @@ fn graph_renders_dot_and_mermaid() {
     assert!(dot.contains("\"results\" -> \"scores\" [label=\"all\"];"), "{dot}");
     let mut cmd = s.cmd(&["graph", "pipelines/lab-results.yaml", "--format", "mermaid"]);
     let mermaid = String::from_utf8(cmd.current_dir(repo()).output().unwrap().stdout).unwrap();
-    assert!(mermaid.contains("quick -->|all| quick-scores"), "{mermaid}");
+    assert!(mermaid.contains("  s1[\"quick<br/>(subsample)\"]\n"), "{mermaid}");
+    assert!(mermaid.contains("  s1 -->|all| s3\n"), "{mermaid}");
 }
 
 /// The lab pipeline's quick variant, offline: tiny model, every 100th row, a few steps.
@@ -277,24 +278,9 @@ fn the_report_opens_in_chromium_and_is_not_blank() {
     assert_eq!(means(&scored), means(&report));
 
     // Headless Chromium renders it; the screenshot has content (not one flat colour).
-    let png = s.path().join("report.png");
-    let status = std::process::Command::new("chromium")
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1200,1600"])
-        .arg(format!("--screenshot={}", png.display()))
-        .arg(format!("file://{html}"))
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("chromium (Debian's package; `make test` installs it)");
-    assert!(status.success());
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    let pixels = &buf[..info.buffer_size()];
-    let channels = info.color_type.samples();
-    let non_white = pixels.chunks(channels).filter(|p| p.iter().take(3).any(|&c| c < 200)).count();
-    let total = pixels.len() / channels;
-    assert!(non_white > total / 100, "{non_white} of {total} pixels are not white: the page looks blank");
+    let page = crate::common::chromium(&s, &format!("file://{html}"));
+    assert!(page.ink > 0.01, "{:.4} of the pixels are not white: the page looks blank", page.ink);
+    assert!(page.dom.contains("<h2 id=\"summary-lengths\">Summary lengths</h2>"), "{}", page.dom);
 }
 
 /// The keys of the lab-results pipeline's `load`, `subsample` and `score` stages, as they were
@@ -318,4 +304,48 @@ fn the_lab_results_cache_keys_stay_what_they_were() {
             ("quick-scores", "b3e168a510f2fa05bab9c08a16a85b163b3c9110019c7b40617d23868b80f228"),
         ]
     );
+}
+
+/// The lab pipeline states its execution settings once, in `defaults:`; every stage's cache key
+/// is the one the pipeline had when each stage stated them (`tests/fixtures/`), so caches made
+/// before the rewrite still hit. Checked offline (tiny model) and with a LoRA rank changed.
+#[cfg(feature = "torch")]
+#[test]
+fn the_lab_pipelines_defaults_leave_every_cache_key_as_it_was() {
+    let s = Sandbox::new();
+    let model = crate::models::tiny_model().display().to_string();
+    let data = shared("dialogsum").display().to_string();
+    let keys = |file: &Path, extra: &str| -> Vec<(String, String)> {
+        let sets = [format!("model={model}"), format!("data={data}"), "subsample=100".into(), extra.to_string()];
+        let mut args = vec!["plan".to_string(), file.display().to_string(), "--format".into(), "json".into()];
+        for kv in sets {
+            args.extend(["--set".to_string(), kv]);
+        }
+        let out = s.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let plans: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        plans
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["id"].as_str().unwrap().into(), p["key"].as_str().unwrap().into()))
+            .collect()
+    };
+    let today = repo().join("pipelines/dialogsum-flan-t5.yaml");
+    let inline = repo().join("tests/fixtures/dialogsum-flan-t5-inline.yaml");
+    for extra in ["epochs=1", "lora_r=8", "device=cpu"] {
+        let (a, b) = (keys(&today, extra), keys(&inline, extra));
+        assert_eq!(a.len(), 15);
+        assert_eq!(a, b, "--set {extra}");
+    }
+    // The rewrite states each setting once.
+    let text = std::fs::read_to_string(&today).unwrap();
+    for setting in [
+        "dtype: \"${train_dtype}\"",
+        "dtype: \"${gen_dtype}\"",
+        "bf16_weights: \"${bf16_weights}\"",
+        "pad_to_multiple_of: \"${pad_to_multiple_of}\"",
+        "max_new_tokens: \"${max_new_tokens}\"",
+    ] {
+        assert_eq!(text.matches(setting).count(), 1, "{setting}");
+    }
 }

@@ -105,7 +105,7 @@ struct Meter(std::sync::Mutex<Option<crate::run::memory::GpuSampler>>);
 impl sumflow_stages::tools::PeakMemory for Meter {
     fn start(&self) {
         crate::run::memory::reset_peak();
-        *self.0.lock().expect("meter lock") = crate::run::memory::GpuSampler::start();
+        *self.0.lock().expect("meter lock") = crate::run::memory::GpuSampler::start(None);
     }
     fn stop(&self) -> (Option<f64>, Option<f64>) {
         let gpu = self.0.lock().expect("meter lock").take().map(crate::run::memory::GpuSampler::stop);

@@ -48,10 +48,14 @@ pub enum GraphFormat {
 /// `sumflow graph`: the stages and the outputs flowing between them.
 pub fn graph(p: &Pipeline, format: GraphFormat) -> Result<ExitCode, Error> {
     let mut out = String::new();
-    let edges = p
+    // (from, to, output) by stage index: Mermaid's node ids are the indices (`s3`), since stage
+    // ids made by a sweep (`peft@r8`) are not Mermaid identifiers.
+    let edges: Vec<(usize, usize, &str)> = p
         .stages
         .iter()
-        .flat_map(|s| s.inputs.iter().map(move |b| (p.stages[b.stage].id.as_str(), s.id.as_str(), b.output.as_str())));
+        .enumerate()
+        .flat_map(|(i, s)| s.inputs.iter().map(move |b| (b.stage, i, b.output.as_str())))
+        .collect();
     match format {
         GraphFormat::Dot => {
             out.push_str(&format!("digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box];\n", p.name));
@@ -59,17 +63,20 @@ pub fn graph(p: &Pipeline, format: GraphFormat) -> Result<ExitCode, Error> {
                 out.push_str(&format!("  \"{}\" [label=\"{}\\n({})\"];\n", s.id, s.id, s.stage.kind()));
             }
             for (from, to, output) in edges {
-                out.push_str(&format!("  \"{from}\" -> \"{to}\" [label=\"{output}\"];\n"));
+                out.push_str(&format!(
+                    "  \"{}\" -> \"{}\" [label=\"{output}\"];\n",
+                    p.stages[from].id, p.stages[to].id
+                ));
             }
             out.push_str("}\n");
         }
         GraphFormat::Mermaid => {
             out.push_str("flowchart LR\n");
-            for s in &p.stages {
-                out.push_str(&format!("  {}[\"{}<br/>({})\"]\n", s.id, s.id, s.stage.kind()));
+            for (i, s) in p.stages.iter().enumerate() {
+                out.push_str(&format!("  s{i}[\"{}<br/>({})\"]\n", s.id, s.stage.kind()));
             }
             for (from, to, output) in edges {
-                out.push_str(&format!("  {from} -->|{output}| {to}\n"));
+                out.push_str(&format!("  s{from} -->|{output}| s{to}\n"));
             }
         }
     }

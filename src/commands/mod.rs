@@ -16,6 +16,7 @@ macro_rules! outln {
 pub mod audit;
 pub mod bench;
 pub mod cache;
+pub mod exp;
 pub mod inspect;
 pub mod models;
 pub mod run;

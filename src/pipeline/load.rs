@@ -8,6 +8,8 @@ use indexmap::IndexMap;
 use serde_yaml::Value;
 use sumflow_stages::Registry;
 
+use super::defaults::{self, Origins};
+use super::matrix;
 use super::schema::RawPipeline;
 use super::span::SpanIndex;
 use super::validate;
@@ -35,11 +37,26 @@ pub fn load<'r>(path: &Path, sets: &[String], registry: &'r Registry) -> Result<
     let mut errors = duplicates(&spans);
     let vars = apply_sets(raw.vars, sets, &mut errors, &spans);
     let (vars, broken) = resolve_vars(vars, &spans, &mut errors);
+    let defaults: IndexMap<String, Value> = raw
+        .defaults
+        .into_iter()
+        .map(|(kind, mut v)| {
+            let at = format!("defaults.{kind}");
+            if let Err(e) = v.apply_merge() {
+                errors.push(Diagnostic { path: at.clone(), message: e.to_string(), pos: spans.find(&at) });
+            }
+            (kind, substitute(v, &vars, &at, &spans, &mut errors))
+        })
+        .collect();
     let mut stages = IndexMap::new();
     let mut reported = HashSet::new();
     for (id, mut value) in raw.stages {
         let path = format!("stages.{id}");
         let before = errors.len();
+        if id.contains('@') {
+            let message = "`@` names the expansions of a sweep; a stage id holds letters, digits, `_` and `-`";
+            errors.push(Diagnostic { path: path.clone(), message: message.into(), pos: spans.find(&path) });
+        }
         // YAML merge keys (`<<: *base`) are expanded before anything reads the stage.
         if let Err(e) = value.apply_merge() {
             errors.push(Diagnostic { path: path.clone(), message: e.to_string(), pos: spans.find(&path) });
@@ -54,8 +71,44 @@ pub fn load<'r>(path: &Path, sets: &[String], registry: &'r Registry) -> Result<
         }
         stages.insert(id, value);
     }
-    let raw = RawPipeline { stages, vars, ..raw };
-    validate::validate(raw, path, file_hash, registry, &spans, &reported, errors).map_err(fail)
+    let mut origins = Origins::default();
+    let stages = defaults::apply(stages, &defaults, registry, &spans, &mut origins, &mut errors);
+    let swept = matrix::sweep(stages, registry, &spans, &mut errors);
+    // An expansion of a stage already reported is not validated either.
+    reported.extend(swept.refused);
+    let base = |id: &str| swept.expansions.get(id).map_or(id.to_string(), |e| e.base.clone());
+    let reported: HashSet<String> = swept
+        .stages
+        .keys()
+        .filter(|id| {
+            reported.contains(id.as_str()) || reported.contains(&base(id)) || reported.contains(&base(&base(id)))
+        })
+        .cloned()
+        .collect();
+    origins.expansions = swept.expansions;
+    let raw = RawPipeline { stages: swept.stages, vars, defaults, ..raw };
+    validate::validate(raw, path, file_hash, registry, &spans, &origins, &reported, errors)
+        .map_err(|list| fail(once_per_place(list)))
+}
+
+/// One error per place and message: a mistake in a swept stage is made once in the file, not
+/// once per expansion (the first expansion's error stands for the rest, and says how many).
+fn once_per_place(list: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    let mut out: Vec<(Diagnostic, usize)> = Vec::new();
+    for d in list {
+        match out.iter_mut().find(|(o, _)| o.pos.is_some() && o.pos == d.pos && o.message == d.message) {
+            Some((_, more)) => *more += 1,
+            None => out.push((d, 0)),
+        }
+    }
+    out.into_iter()
+        .map(|(mut d, more)| {
+            if more > 0 {
+                d.path = format!("{} (and {more} more expansion{})", d.path, if more == 1 { "" } else { "s" });
+            }
+            d
+        })
+        .collect()
 }
 
 /// A key given twice in one mapping: YAML keeps the last silently, so it is an error here
@@ -168,7 +221,12 @@ enum SpliceError {
     Unterminated,
 }
 
-/// The names a string's `${name}`s refer to (escaped `$${` left out).
+/// `item` or `item.KEY`: a sweep's values, not a var.
+fn is_item(name: &str) -> bool {
+    name == "item" || name.starts_with("item.")
+}
+
+/// The names a string's `${name}`s refer to (escaped `$${` and a sweep's `${item…}` left out).
 fn references(s: &str) -> Result<Vec<String>, SpliceError> {
     let mut out = Vec::new();
     let mut rest = s;
@@ -178,7 +236,9 @@ fn references(s: &str) -> Result<Vec<String>, SpliceError> {
             rest = r;
         } else if let Some(r) = rest.strip_prefix("${") {
             let end = r.find('}').ok_or(SpliceError::Unterminated)?;
-            out.push(r[..end].to_string());
+            if !is_item(&r[..end]) {
+                out.push(r[..end].to_string());
+            }
             rest = &r[end + 1..];
         } else {
             rest = &rest[1..];
@@ -200,6 +260,12 @@ fn splice(s: &str, vars: &IndexMap<String, Value>) -> Result<String, SpliceError
         } else if let Some(r) = rest.strip_prefix("${") {
             let end = r.find('}').ok_or(SpliceError::Unterminated)?;
             let name = &r[..end];
+            // A sweep's `${item…}` is replaced when the sweep is expanded.
+            if is_item(name) {
+                out.push_str(&rest[..end + 3]);
+                rest = &r[end + 1..];
+                continue;
+            }
             let value = vars.get(name).ok_or_else(|| SpliceError::Unknown(name.to_string()))?;
             out.push_str(&match value {
                 Value::String(v) => v.clone(),

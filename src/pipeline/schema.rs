@@ -25,6 +25,9 @@ pub struct RawPipeline {
     /// Values substituted for `${name}` in stage params; overridable with `--set name=value`.
     #[serde(default)]
     pub vars: IndexMap<String, serde_yaml::Value>,
-    /// Stage id → `{kind: ..., params...}`, in file order.
+    /// Params per stage kind, merged under each stage's own: `{train-lora: {device: cuda}}`.
+    #[serde(default)]
+    pub defaults: IndexMap<String, serde_yaml::Value>,
+    /// Stage id → `{kind: ..., params...}`, in file order; a stage with `matrix:` is swept.
     pub stages: IndexMap<String, serde_yaml::Value>,
 }

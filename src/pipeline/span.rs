@@ -1,6 +1,8 @@
 //! Where each key and value of a pipeline file sits (line, column), found by walking
 //! yaml-rust2's parse events, so errors about `stages.scores.baseline` can point at the line.
-//! serde_yaml does the deserializing; this index only answers "where is this path?".
+//! serde_yaml does the deserializing; this index only answers "where is this path?". A path
+//! through an alias (`train-lora: *training`, or a merge key `<<: *training`) is found where
+//! the anchored node was written.
 
 use std::collections::HashMap;
 
@@ -17,6 +19,8 @@ pub struct SpanIndex {
     values: HashMap<String, Pos>,
     /// (dotted path, where it is again, where it was first), in file order.
     pub duplicates: Vec<(String, Pos, Pos)>,
+    /// The path of each alias → the path of the node its anchor marks.
+    aliases: HashMap<String, String>,
 }
 
 impl SpanIndex {
@@ -34,8 +38,8 @@ impl SpanIndex {
     pub fn find(&self, path: &str) -> Option<Pos> {
         let mut path = path.trim_end_matches('.');
         loop {
-            if let Some(p) = self.keys.get(path).or_else(|| self.values.get(path)) {
-                return Some(*p);
+            if let Some(p) = self.exact(path, false) {
+                return Some(p);
             }
             let cut = path.rfind(['.', '['])?;
             path = &path[..cut];
@@ -44,7 +48,32 @@ impl SpanIndex {
 
     /// Where the value of `path` is (else as [`SpanIndex::find`]).
     pub fn find_value(&self, path: &str) -> Option<Pos> {
-        self.values.get(path).copied().or_else(|| self.find(path))
+        self.exact(path, true).or_else(|| self.find(path))
+    }
+
+    /// The key (or only the value) of exactly `path`, also where it was written through an
+    /// alias: the longest prefix that is an alias, or holds a merge key, leads to its anchor.
+    fn exact(&self, path: &str, value_only: bool) -> Option<Pos> {
+        let here =
+            if value_only { self.values.get(path) } else { self.keys.get(path).or_else(|| self.values.get(path)) };
+        if let Some(p) = here {
+            return Some(*p);
+        }
+        let cuts = path.match_indices(['.', '[']).map(|(i, _)| i).rev();
+        for cut in cuts {
+            let (head, rest) = path.split_at(cut);
+            for alias in [head.to_string(), format!("{head}.<<")] {
+                if let Some(anchor) = self.aliases.get(&alias) {
+                    // An anchor inside its own alias's path would loop.
+                    if !path.starts_with(anchor.as_str()) {
+                        if let Some(p) = self.exact(&format!("{anchor}{rest}"), value_only) {
+                            return Some(p);
+                        }
+                    }
+                }
+            }
+        }
+        None
     }
 }
 
@@ -57,6 +86,8 @@ enum Frame {
 struct Builder {
     stack: Vec<Frame>,
     index: SpanIndex,
+    /// Anchor id → the path of the node it marks.
+    anchors: HashMap<usize, String>,
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -109,12 +140,27 @@ impl MarkedEventReceiver for Builder {
                     *key = Some(value);
                 }
             }
-            Event::Scalar(..) | Event::Alias(_) => {
-                self.index.values.insert(self.node_path(), pos);
+            Event::Scalar(_, _, anchor, _) => {
+                let path = self.node_path();
+                if anchor > 0 {
+                    self.anchors.insert(anchor, path.clone());
+                }
+                self.index.values.insert(path, pos);
                 self.value_done();
             }
-            Event::MappingStart(..) | Event::SequenceStart(..) => {
+            Event::Alias(anchor) => {
                 let path = self.node_path();
+                if let Some(target) = self.anchors.get(&anchor) {
+                    self.index.aliases.insert(path.clone(), target.clone());
+                }
+                self.index.values.insert(path, pos);
+                self.value_done();
+            }
+            Event::MappingStart(anchor, _) | Event::SequenceStart(anchor, _) => {
+                let path = self.node_path();
+                if anchor > 0 {
+                    self.anchors.insert(anchor, path.clone());
+                }
                 self.index.values.insert(path.clone(), pos);
                 self.stack.push(if matches!(ev, Event::MappingStart(..)) {
                     Frame::Map { path, key: None }
@@ -146,6 +192,18 @@ mod tests {
         // An unknown path falls back to its nearest known parent.
         assert_eq!(idx.find("stages.b.nope"), Some(Pos { line: 4, col: 3 }));
         assert!(idx.duplicates.is_empty());
+    }
+
+    #[test]
+    fn paths_through_aliases_and_merge_keys_are_found_at_the_anchor() {
+        let text = "defaults:\n  train-full: &t\n    epochs: 2\n    lr: x\n  train-lora: *t\nstages:\n  a:\n    <<: *t\n    kind: train-full\n";
+        let idx = SpanIndex::new(text);
+        assert_eq!(idx.find("defaults.train-lora.lr"), Some(Pos { line: 4, col: 5 }));
+        assert_eq!(idx.find_value("defaults.train-lora.lr"), Some(Pos { line: 4, col: 9 }));
+        assert_eq!(idx.find("stages.a.epochs"), Some(Pos { line: 3, col: 5 }));
+        assert_eq!(idx.find("stages.a.kind"), Some(Pos { line: 9, col: 5 }));
+        // Not written anywhere: the nearest enclosing path.
+        assert_eq!(idx.find("defaults.train-lora.nope"), Some(Pos { line: 5, col: 3 }));
     }
 
     #[test]

@@ -7,25 +7,28 @@ use std::path::Path;
 use serde_yaml::Value;
 use sumflow_stages::{InputRef, Registry};
 
+use super::defaults::Origins;
 use super::schema::RawPipeline;
 use super::span::SpanIndex;
-use super::validated::{BoundInput, Pipeline, StageNode};
+use super::validated::{BoundInput, Pipeline, StageNode, SweepItem};
 use crate::diagnostic::Diagnostic;
 use crate::graph;
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn validate<'r>(
     raw: RawPipeline,
     path: &Path,
     file_hash: String,
     registry: &'r Registry,
     spans: &SpanIndex,
+    origins: &Origins,
     already_reported: &HashSet<String>,
     mut errors: Vec<Diagnostic>,
 ) -> Result<Pipeline<'r>, Vec<Diagnostic>> {
     let mut error = |path: String, message: String| {
-        // Point at the value when the complaint is about it (a kind), else at the key.
-        let pos = if path.ends_with(".kind") { spans.find_value(&path) } else { spans.find(&path) };
-        errors.push(Diagnostic { path, message, pos });
+        // At the line that wrote it: the stage's, a default's, the swept stage's.
+        let (path, pos, note) = origins.locate(spans, &path);
+        errors.push(Diagnostic { path: path + &note, message, pos });
     };
 
     // 1. Each stage on its own: id, kind, typed params, the stage's own checks.
@@ -37,7 +40,7 @@ pub(super) fn validate<'r>(
         if already_reported.contains(&id) {
             continue;
         }
-        if !InputRef::is_name(&id) {
+        if !InputRef::is_stage_id(&id) {
             error(at.clone(), format!("stage id `{id}` may hold only letters, digits, `_` and `-`"));
             continue;
         }
@@ -97,7 +100,23 @@ pub(super) fn validate<'r>(
             continue;
         }
         let last = parsed.last_mut().expect("pushed above");
+        let sweep = origins.expansions.get(&id).map(|e| SweepItem {
+            base: e.base.clone(),
+            suffix: e.suffix.clone(),
+            item: e
+                .item
+                .iter()
+                .map(|(k, v)| {
+                    let key = k.as_str().map_or_else(
+                        || serde_yaml::to_string(k).unwrap_or_default().trim().to_string(),
+                        str::to_string,
+                    );
+                    (key, serde_json::to_value(v).unwrap_or_default())
+                })
+                .collect(),
+        });
         *last = Some(StageNode {
+            sweep,
             outputs: stage.outputs(&params),
             files: stage.files(&params),
             resource: stage.resource(&params),

@@ -38,6 +38,19 @@ pub struct StageNode<'r> {
     pub files: Vec<FileInput>,
     /// CPU or GPU.
     pub resource: Resource,
+    /// The combination of a sweep this stage is, if it is one.
+    pub sweep: Option<SweepItem>,
+}
+
+/// One combination of a sweep, as a stage and its manifest record carry it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SweepItem {
+    /// The swept stage as the file names it (`lora`).
+    pub base: String,
+    /// What follows its `@` (`r8-lr1e-3`).
+    pub suffix: String,
+    /// The combination: matrix key → value, in the matrix's order.
+    pub item: indexmap::IndexMap<String, serde_json::Value>,
 }
 
 /// An input slot bound to another stage's output.

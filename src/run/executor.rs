@@ -1,5 +1,5 @@
 //! Runs a pipeline: plans it, then executes the misses in dependency order on worker threads
-//! (at most `jobs` at once, one GPU stage at a time), committing each stage's outputs to the
+//! (at most `jobs` at once, one GPU stage per GPU, each pinned to its own), committing each stage's outputs to the
 //! cache as it finishes. A failed stage's descendants are skipped; independent stages go on,
 //! and everything that finished stays cached. It reports through [`Reporter`] and never prints.
 
@@ -14,6 +14,7 @@ use sumflow_stages::{panic_message, ArtifactKind, Progress, Resource, RuntimeOpt
 use crate::cache::{Cache, CacheLock, Entry, Stamp};
 use crate::error::{chain, Error};
 use crate::pipeline::Pipeline;
+use crate::run::gpus::{self, Gpu};
 use crate::run::memory;
 use crate::run::plan::{self, Selection, StagePlan, Status};
 
@@ -24,8 +25,8 @@ pub struct RunOptions {
     pub selection: Selection,
     /// Stages running at once.
     pub jobs: usize,
-    /// GPU stages running at once.
-    pub gpu_slots: usize,
+    /// The GPUs to pin GPU stages to, one stage per GPU at once (one at a time when empty).
+    pub gpus: Vec<Gpu>,
     /// Fail instead of running anything.
     pub frozen: bool,
     /// The process's runtime options, handed to every stage.
@@ -37,7 +38,7 @@ impl Default for RunOptions {
         RunOptions {
             selection: Selection::default(),
             jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            gpu_slots: 1,
+            gpus: gpus::visible(),
             frozen: false,
             runtime: RuntimeOptions::default(),
         }
@@ -167,7 +168,11 @@ pub fn run(p: &Pipeline, cache: &Cache, opts: &RunOptions, reporter: &dyn Report
     std::thread::scope(|scope| {
         let (tx, rx) = mpsc::channel::<(usize, Result<Entry, Error>, Duration)>();
         let mut running = 0;
-        let mut gpu_running = 0;
+        // Free GPU slots: an index into `opts.gpus`, or `None` for the one slot of a machine
+        // without GPUs. Popped from the end, so the first GPU is taken first.
+        let mut free_gpus: Vec<Option<usize>> =
+            if opts.gpus.is_empty() { vec![None] } else { (0..opts.gpus.len()).rev().map(Some).collect() };
+        let mut gpu_of: Vec<Option<Option<usize>>> = vec![None; p.stages.len()];
         let mut started = vec![false; p.stages.len()];
         loop {
             // Skip stages whose inputs failed; start those whose inputs are ready.
@@ -191,9 +196,12 @@ pub fn run(p: &Pipeline, cache: &Cache, opts: &RunOptions, reporter: &dyn Report
                 }
                 let ready = node.inputs.iter().all(|b| runs[b.stage].as_ref().is_some_and(|r| r.entry.is_some()));
                 let gpu = node.resource == Resource::Gpu;
-                if !ready || running >= opts.jobs.max(1) || (gpu && gpu_running >= opts.gpu_slots.max(1)) {
+                if !ready || running >= opts.jobs.max(1) || (gpu && free_gpus.is_empty()) {
                     continue;
                 }
+                let slot = if gpu { free_gpus.pop() } else { None };
+                gpu_of[i] = slot;
+                let pinned = slot.flatten().map(|g| &opts.gpus[g]);
                 let inputs: BTreeMap<String, (PathBuf, ArtifactKind)> = node
                     .inputs
                     .iter()
@@ -205,7 +213,6 @@ pub fn run(p: &Pipeline, cache: &Cache, opts: &RunOptions, reporter: &dyn Report
                 let upstream = upstream(p, i, &runs);
                 started[i] = true;
                 running += 1;
-                gpu_running += usize::from(gpu);
                 // A stage that starts alone gets a peak-memory mark of its own.
                 if running == 1 {
                     memory::reset_peak();
@@ -215,7 +222,7 @@ pub fn run(p: &Pipeline, cache: &Cache, opts: &RunOptions, reporter: &dyn Report
                 let plan = &plans[i];
                 scope.spawn(move || {
                     let t0 = Instant::now();
-                    let result = run_stage(p, i, plan, inputs, upstream, cache, &opts.runtime, reporter);
+                    let result = run_stage(p, i, plan, inputs, upstream, cache, &opts.runtime, pinned, reporter);
                     let _ = tx.send((i, result, t0.elapsed()));
                 });
             }
@@ -224,7 +231,9 @@ pub fn run(p: &Pipeline, cache: &Cache, opts: &RunOptions, reporter: &dyn Report
             }
             let (i, result, duration) = rx.recv().expect("a worker is running");
             running -= 1;
-            gpu_running -= usize::from(p.stages[i].resource == Resource::Gpu);
+            if let Some(slot) = gpu_of[i].take() {
+                free_gpus.push(slot);
+            }
             let run = match result {
                 Ok(entry) => {
                     StageRun { outcome: Outcome::Ran, key: plans[i].key.clone(), duration, entry: Some(entry) }
@@ -285,6 +294,7 @@ fn run_stage(
     upstream: Vec<StageRecord>,
     cache: &Cache,
     runtime: &RuntimeOptions,
+    gpu: Option<&Gpu>,
     reporter: &dyn Reporter,
 ) -> Result<Entry, Error> {
     let node = &p.stages[i];
@@ -304,17 +314,18 @@ fn run_stage(
     let progress = reporter.progress(p, i);
     let ctx =
         StageContext::new(&node.id, inputs, scratch.clone(), cache.work_dir(&plan.key), progress.as_ref(), runtime)
-            .with_upstream(upstream);
+            .with_upstream(upstream)
+            .on_gpu(gpu.map(|g| g.cuda));
     let t0 = Instant::now();
-    // GPU stages run one at a time, so the device's memory is theirs.
-    let gpu = if node.resource == Resource::Gpu { memory::GpuSampler::start() } else { None };
+    // A GPU stage has its GPU to itself (or, without a pin, the one GPU stage running).
+    let sampler = if node.resource == Resource::Gpu { memory::GpuSampler::start(gpu) } else { None };
     let result = match catch_unwind(AssertUnwindSafe(|| node.stage.run(&node.params, &ctx))) {
         Ok(ran) => ran.map_err(Error::from),
         Err(panic) => Err(Error::Panicked(panic_message(panic.as_ref()))),
     };
     // A file that changed underneath explains whatever the stage made of it (a torn row, say).
     let result = unchanged().and(result);
-    let gpu_mb = gpu.map(memory::GpuSampler::stop);
+    let gpu_mb = sampler.map(memory::GpuSampler::stop);
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&scratch);
         return Err(e);

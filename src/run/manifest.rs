@@ -11,7 +11,7 @@ use sumflow_stages::RuntimeOptions;
 
 use crate::cache::{atomic_write, tree_digest, Cache, OutputRecord};
 use crate::error::Error;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, SweepItem};
 use crate::run::executor::{Outcome, StageRun};
 
 /// One run, as recorded.
@@ -101,6 +101,9 @@ pub struct StageRecord {
     /// Figures the stage recorded when it ran (throughput, counts).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub stats: BTreeMap<String, f64>,
+    /// The combination of a sweep this stage is, if it is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<SweepItem>,
 }
 
 impl Host {
@@ -159,6 +162,7 @@ impl Manifest {
                     warnings: run.entry.as_ref().map(|e| e.warnings.clone()).unwrap_or_default(),
                     stats: run.entry.as_ref().map(|e| e.stats.clone()).unwrap_or_default(),
                     params: node.params.canonical.clone(),
+                    sweep: node.sweep.clone(),
                 }
             })
             .collect();

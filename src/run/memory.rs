@@ -3,8 +3,9 @@
 //! process, so a stage's peak is the process's peak while it ran: its own when it ran alone (the
 //! executor resets the mark when a stage starts with nothing else running), an upper bound when
 //! stages overlapped. GPU memory: sampled through NVML (the driver's library, loaded at run
-//! time; absent without an NVIDIA driver) every 20 ms while a GPU stage runs — what
-//! `nvidia-smi` shows for the process, CUDA context and libtorch's cached blocks included.
+//! time; absent without an NVIDIA driver) every 20 ms while a GPU stage runs, on the GPU it is
+//! pinned to — what `nvidia-smi` shows for the process there, CUDA context and libtorch's cached
+//! blocks included.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,6 +14,8 @@ use std::time::Duration;
 
 use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::Nvml;
+
+use crate::run::gpus::{Gpu, NvmlId};
 
 /// Starts a new peak from the current resident size.
 pub fn reset_peak() {
@@ -34,18 +37,22 @@ pub struct GpuSampler {
 }
 
 impl GpuSampler {
-    /// Starts sampling; `None` where NVML finds no NVIDIA GPU.
-    pub fn start() -> Option<GpuSampler> {
+    /// Starts sampling `gpu` (every GPU when `None`); `None` where NVML finds no NVIDIA GPU.
+    pub fn start(gpu: Option<&Gpu>) -> Option<GpuSampler> {
         let nvml = Nvml::init().ok()?;
         if nvml.device_count().ok()? == 0 {
             return None;
         }
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let gpu = gpu.map(|g| g.nvml.clone());
         let thread = std::thread::spawn(move || {
             let pid = std::process::id();
-            let count = nvml.device_count().unwrap_or(0);
-            let devices: Vec<_> = (0..count).filter_map(|i| nvml.device_by_index(i).ok()).collect();
+            let devices: Vec<_> = match &gpu {
+                Some(NvmlId::Index(i)) => nvml.device_by_index(*i).into_iter().collect(),
+                Some(NvmlId::Uuid(u)) => nvml.device_by_uuid(u.as_str()).into_iter().collect(),
+                None => (0..nvml.device_count().unwrap_or(0)).filter_map(|i| nvml.device_by_index(i).ok()).collect(),
+            };
             let used = || devices.iter().filter_map(|d| d.memory_info().ok()).map(|m| m.used).sum::<u64>();
             let baseline = used();
             let mut peak = 0;
@@ -100,7 +107,7 @@ mod tests {
     #[test]
     fn without_an_nvidia_driver_gpu_memory_is_not_measured() {
         // On a machine with a GPU the sampler runs and reports a figure; here (CI) it is absent.
-        match GpuSampler::start() {
+        match GpuSampler::start(None) {
             Some(s) => assert!(s.stop() >= 0.0),
             None => assert!(Nvml::init().is_err() || Nvml::init().unwrap().device_count().unwrap_or(0) == 0),
         }

@@ -6,6 +6,7 @@
 // headers are found (the build script says so with the `sumflow_cuda_graphs` cfg).
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
 
 #include <cstring>
@@ -80,9 +81,12 @@ int sumflow_graph_pool(unsigned long long *a, unsigned long long *b, char *err, 
 
 // Starts capturing on `device` into pool (a, b): until `sumflow_graph_end`, the work this thread
 // issues (and the backward it starts) is recorded, not run. The caller has waited for the device.
+// `device` becomes this thread's current device: the capture records the current device's
+// stream, and a stage pinned to GPU 3 runs on a thread of its own.
 void *sumflow_graph_begin(int device, unsigned long long a, unsigned long long b, char *err, size_t len) {
   Graph *g = nullptr;
   try {
+    c10::cuda::set_device(static_cast<c10::DeviceIndex>(device));
     g = new Graph(capture_stream(static_cast<c10::DeviceIndex>(device)));
     g->enter();
     g->graph.capture_begin({a, b});

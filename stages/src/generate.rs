@@ -376,8 +376,9 @@ pub fn open(
     adapter: Option<&Path>,
     p: &GenerateParams,
     runtime: &RuntimeOptions,
+    gpu: Option<usize>,
 ) -> Result<Loaded, StageError> {
-    let device = device::device(p.device, runtime)?;
+    let device = device::device(p.device, runtime, gpu)?;
     let kind = device::kind(p.dtype, device, p.force_fp16)?;
     let mut m = match adapter {
         None => loader::load(dir, device, kind)?,
@@ -460,7 +461,7 @@ impl Stage for Generate {
             (None, Some(_)) => Some(ctx.input("adapter_from")?.to_path_buf()),
             (None, None) => None,
         };
-        let m = open(&model_ref::resolve(&p.model, ctx)?, adapter.as_deref(), p, ctx.runtime)?;
+        let m = open(&model_ref::resolve(&p.model, ctx)?, adapter.as_deref(), p, ctx.runtime, ctx.gpu)?;
         ctx.record("load_seconds", start.elapsed().as_secs_f64());
         ctx.progress.message("generating");
         let g = summarize(&m, &prompts, &p.options(), ctx.progress, ctx.runtime.trace.as_deref())?;

@@ -53,9 +53,18 @@ pub struct InputRef {
 }
 
 impl InputRef {
-    /// Whether `s` may name a stage or an output (letters, digits, `_` and `-`).
+    /// Whether `s` may name an output, or a stage in a file (letters, digits, `_` and `-`).
     pub fn is_name(s: &str) -> bool {
-        InputRef::parse(s).is_ok_and(|r| r.output.is_none())
+        !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    }
+
+    /// Whether `s` may name a stage of a pipeline: a name, or a sweep's expansion of one
+    /// (`lora@r8-lr1e-3`).
+    pub fn is_stage_id(s: &str) -> bool {
+        match s.split_once('@') {
+            Some((base, suffix)) => InputRef::is_name(base) && InputRef::is_name(suffix),
+            None => InputRef::is_name(s),
+        }
     }
 
     /// Parses `stage` or `stage.output`.
@@ -64,9 +73,7 @@ impl InputRef {
             Some((stage, output)) => (stage, Some(output)),
             None => (s, None),
         };
-        let valid =
-            |part: &str| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-        if !valid(stage) || !output.is_none_or(valid) {
+        if !InputRef::is_stage_id(stage) || !output.is_none_or(InputRef::is_name) {
             return Err(InvalidRef(s.to_string()));
         }
         Ok(InputRef { stage: stage.to_string(), output: output.map(str::to_string) })
@@ -154,7 +161,8 @@ impl ParamError {
     }
 }
 
-/// The resource class a stage needs; the executor runs one `Gpu` stage at a time.
+/// The resource class a stage needs: the executor runs as many `Gpu` stages at once as there
+/// are visible GPUs (one on a machine without), each pinned to its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resource {
     /// Runs on the CPU only.
@@ -217,6 +225,9 @@ pub struct StageContext<'a> {
     pub work_dir: PathBuf,
     /// Where progress goes.
     pub progress: &'a dyn Progress,
+    /// The CUDA device the runner pinned this stage to (its index among the visible ones), for
+    /// a `Gpu` stage on a machine with GPUs.
+    pub gpu: Option<usize>,
     stats: std::sync::Mutex<BTreeMap<String, f64>>,
     warnings: std::sync::Mutex<Vec<String>>,
     upstream: Vec<StageRecord>,
@@ -239,6 +250,7 @@ impl<'a> StageContext<'a> {
             output_root,
             work_dir,
             progress,
+            gpu: None,
             stats: Default::default(),
             warnings: Default::default(),
             upstream: Vec::new(),
@@ -248,6 +260,12 @@ impl<'a> StageContext<'a> {
     /// The same context, told how the stages upstream of it went (in pipeline order).
     pub fn with_upstream(mut self, upstream: Vec<StageRecord>) -> Self {
         self.upstream = upstream;
+        self
+    }
+
+    /// The same context, pinned to CUDA device `gpu`.
+    pub fn on_gpu(mut self, gpu: Option<usize>) -> Self {
+        self.gpu = gpu;
         self
     }
 

@@ -36,9 +36,11 @@ impl Sandbox {
         path
     }
 
-    /// A `sumflow` command running in the sandbox with its cache.
+    /// A `sumflow` command running in the sandbox with its cache. (`SUMFLOW_TEST_BIN` runs
+    /// another build instead: how the hostile-input tests were shown to fail before their fixes.)
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_sumflow"));
+        let bin = std::env::var_os("SUMFLOW_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_sumflow").into());
+        let mut c = Command::new(bin);
         c.args(args).current_dir(self.path()).env("SUMFLOW_CACHE", self.cache());
         c
     }
@@ -76,4 +78,41 @@ pub fn shared(rel: &str) -> PathBuf {
 /// The lab's results file.
 pub fn lab_results() -> String {
     shared("lab-results/dialogue-summary-training-results.csv").display().to_string()
+}
+
+/// A page as headless Chromium renders it (Debian's `chromium`; `make test` installs it).
+pub struct Rendered {
+    /// The DOM after loading (`--dump-dom`).
+    pub dom: String,
+    /// Share of a 1200×1600 screenshot's pixels that are not near white.
+    pub ink: f64,
+    /// The screenshot's pixels (RGB or RGBA rows).
+    #[cfg_attr(not(feature = "torch"), allow(dead_code))] // compared in a model test
+    pub pixels: Vec<u8>,
+}
+
+/// Opens `url` (a `file://` address, maybe with a `#heading` anchor) in headless Chromium.
+pub fn chromium(s: &Sandbox, url: &str) -> Rendered {
+    let chrome = |extra: &[&str]| {
+        let out = Command::new("chromium")
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1200,1600"])
+            .args(extra)
+            .arg(url)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .expect("chromium (Debian's package; `make test` installs it)");
+        assert!(out.status.success(), "chromium failed on {url}");
+        out.stdout
+    };
+    let dom = String::from_utf8(chrome(&["--dump-dom"])).unwrap();
+    let png = s.path().join(format!("shot-{}.png", blake3::hash(url.as_bytes()).to_hex()));
+    chrome(&[&format!("--screenshot={}", png.display())]);
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    let channels = info.color_type.samples();
+    let inked = buf.chunks(channels).filter(|p| p.iter().take(3).any(|&c| c < 200)).count();
+    Rendered { dom, ink: inked as f64 / (buf.len() / channels) as f64, pixels: buf }
 }

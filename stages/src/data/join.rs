@@ -40,7 +40,8 @@ pub struct JoinParams {
     /// Columns kept from `input`: output name → input column (default: all, as they are).
     #[serde(default)]
     pub columns: IndexMap<String, String>,
-    /// Columns added: output name → where it comes from.
+    /// Columns added: output name → where it comes from (none: `columns` picks and renames).
+    #[serde(default)]
     pub add: IndexMap<String, Added>,
 }
 
@@ -74,8 +75,9 @@ impl Stage for Join {
 
     fn check(&self, p: &JoinParams) -> Vec<ParamError> {
         let mut errors = Vec::new();
-        if p.add.is_empty() {
-            errors.push(ParamError::new("add", "add at least one column"));
+        if p.add.is_empty() && p.columns.is_empty() {
+            errors
+                .push(ParamError::new("add", "add a column, or name the `columns` to keep (this would copy `input`)"));
         }
         for name in p.add.keys() {
             if p.columns.contains_key(name) {

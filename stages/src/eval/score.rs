@@ -426,6 +426,12 @@ impl Stage for Score {
         let table = Table::read_artifact(ctx.input("input")?)?;
         ctx.progress.message(&format!("scoring {} rows × {} models", table.num_rows(), p.predictions.len()));
         let (report, per) = evaluate(&table, &format!("input {}", p.input), p)?;
+        // Each mean, also as a figure of the run: `sumflow exp show` reads manifests only.
+        for m in &report.models {
+            for (metric, interval) in &m.scores {
+                ctx.record(&format!("{}:{}", metric.name(), m.model), interval.mean);
+            }
+        }
         write_artifact(&ctx.output_dir("metrics")?, &report, &per, p)
     }
 

@@ -240,7 +240,7 @@ fn train_figures(
     memory: &dyn PeakMemory,
 ) -> Result<(Vec<Figures>, i64), StageError> {
     let p = train_params(method, o)?;
-    let b = build(method, &o.model, &p, crate::torch::device::device(p.device, runtime)?, runtime)?;
+    let b = build(method, &o.model, &p, crate::torch::device::device(p.device, runtime, None)?, runtime)?;
     let (trainable, total) = b.parameter_report();
     let ctx = StageContext::new("bench", Default::default(), work.join("out"), work.join("work"), &NoProgress, runtime);
     memory.start();
@@ -369,7 +369,7 @@ pub fn bench(o: &BenchSettings, runtime: &RuntimeOptions, memory: &dyn PeakMemor
     let mut prompts: Vec<String> =
         test.column(&g.source_column, "test")?.iter().map(|d| render(&g.template, d)).collect();
     prompts.dedup();
-    let m = open(&o.model, None, &g, runtime)?;
+    let m = open(&o.model, None, &g, runtime, None)?;
     // Which attention kernels libtorch picks here (on CUDA, `math` computes in fp32).
     for (key, training) in [("attention_training", true), ("attention_decoding", false)] {
         let kernels = m.model.attention_kernels(m.vs.kind(), training);

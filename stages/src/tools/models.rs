@@ -204,7 +204,7 @@ pub fn summarize(
     runtime: &RuntimeOptions,
 ) -> Result<Vec<String>, StageError> {
     let p = generate_params(model, max_new_tokens, num_beams, device)?;
-    let m = open(&local(model)?, adapter, &p, runtime)?;
+    let m = open(&local(model)?, adapter, &p, runtime, None)?;
     let prompts: Vec<String> = dialogues.iter().map(|d| render(&p.template, d)).collect();
     let generated = generate_all(&m, &prompts, &p.options(), &NoProgress, runtime.trace.as_deref())?;
     Ok(generated.summaries.into_iter().map(|s| s.0).collect())

@@ -22,7 +22,8 @@ pub enum DeviceChoice {
     Auto,
     /// The CPU.
     Cpu,
-    /// The first CUDA device (an error if there is none).
+    /// A CUDA device (an error if there is none): the one the runner pinned the stage to, else
+    /// the first.
     Cuda,
 }
 
@@ -41,13 +42,21 @@ pub enum DtypeChoice {
     Fp16,
 }
 
-/// Resolves the device; on CUDA, applies the process-wide settings of `options` first.
-pub fn device(choice: DeviceChoice, options: &RuntimeOptions) -> Result<Device, StageError> {
+/// Resolves the device: on CUDA, device `gpu` (the runner's pin; the first when `None`), after
+/// applying the process-wide settings of `options`.
+pub fn device(choice: DeviceChoice, options: &RuntimeOptions, gpu: Option<usize>) -> Result<Device, StageError> {
     match choice {
         DeviceChoice::Cpu => Ok(Device::Cpu),
         DeviceChoice::Auto | DeviceChoice::Cuda if tch::Cuda::is_available() => {
+            let index = gpu.unwrap_or(0);
+            let count = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+            if index >= count {
+                return Err(StageError::Device(format!(
+                    "the stage was given CUDA device {index}, but libtorch sees {count} (CUDA_VISIBLE_DEVICES and NVML disagree?)"
+                )));
+            }
             cuda_settings(options)?;
-            Ok(Device::Cuda(0))
+            Ok(Device::Cuda(index))
         }
         DeviceChoice::Auto => Ok(Device::Cpu),
         DeviceChoice::Cuda => Err(StageError::Param {

@@ -138,7 +138,7 @@ impl<T: Trainer> Stage for T {
 /// Runs either stage: build the model for the method, train it, write the artifact.
 fn run(method: Method, output: &str, p: &TrainParams, ctx: &StageContext) -> Result<(), StageError> {
     let start = Instant::now();
-    let device = device::device(p.device, ctx.runtime)?;
+    let device = device::device(p.device, ctx.runtime, ctx.gpu)?;
     let dir = model_ref::resolve(&p.model, ctx)?;
     let train_tokens = TokenTable::read(ctx.input("train")?)?;
     let validation = match &p.validation {

@@ -190,7 +190,7 @@ fn lora_adapter_loads_in_peft_with_the_same_logits_and_merges_to_the_same_summar
     // The `generate` stage's way: the adapter folded into the weights on loading.
     let mut g = GenerateParams::new(InputRef::parse("t").unwrap(), model.display().to_string());
     (g.device, g.dtype) = (DeviceChoice::Cpu, DtypeChoice::Fp32);
-    let folded = open(&model, Some(&adapter), &g, &RUNTIME).unwrap();
+    let folded = open(&model, Some(&adapter), &g, &RUNTIME, None).unwrap();
     assert!(folded.adapters.is_none());
     assert_eq!(generate(&folded.model, &x, &mask, 20, &Strategy::Greedy), a);
 }

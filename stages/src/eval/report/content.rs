@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use super::document::{Block, Document, Grid, Section};
 use super::params::ReportParams;
-use super::plots::{length_plot, loss_plot, rouge_plot, topic_plot};
+use super::plots::{length_plot, loss_plot, rouge_plot, sweep_plot, topic_plot};
 use crate::error::StageError;
 use crate::eval::rouge::RougeType;
 use crate::eval::score::{evaluate, ScoreParams, ScoreReport};
@@ -71,10 +71,14 @@ pub fn document(p: &ReportParams, i: &Inputs) -> Result<(Document, ScoreReport),
             blocks: vec![Block::Table(score_grid(&main, true))],
         });
     }
-    for (m, b) in &p.compare {
+    for (m, b) in p.compare.iter().flatten() {
         let (r, _) = evaluate(table, source, &spec(vec![b.clone(), m.clone()], Some(b.clone())))?;
         sections
             .push(Section { heading: Some(format!("{m} vs {b}")), blocks: vec![Block::Table(score_grid(&r, true))] });
+    }
+
+    if !p.sweep.is_empty() {
+        sections.push(sweep_section(p, &main)?);
     }
 
     if !i.trained.is_empty() {
@@ -118,6 +122,97 @@ pub fn document(p: &ReportParams, i: &Inputs) -> Result<(Document, ScoreReport),
 
     sections.push(Section { heading: Some("Examples".into()), blocks: examples(p, table, source) });
     Ok((Document { title: p.title.clone(), sections }, main))
+}
+
+/// A value of a sweep as the report shows it.
+fn shown(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(items) => items.iter().map(shown).collect::<Vec<_>>().join(", "),
+        other => other.to_string(),
+    }
+}
+
+/// The sweep: a row per combination (the values that vary, then each metric with its
+/// interval), the best by `best_by` marked, and each metric plotted against each varied value.
+fn sweep_section(p: &ReportParams, main: &ScoreReport) -> Result<Section, StageError> {
+    // The keys whose values differ between combinations.
+    let mut keys: Vec<&String> = Vec::new();
+    for item in p.sweep.values() {
+        for k in item.keys() {
+            let values: std::collections::BTreeSet<String> = p.sweep.values().map(|i| shown(&i[k])).collect();
+            if values.len() > 1 && !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+    }
+    let scores = |column: &str| main.models.iter().find(|m| m.model == column);
+    // The best mean, and every combination that reaches it (each marked, as tied, when several).
+    let mean = |c: &str| scores(c).map(|m| m.scores[&p.best_by].mean);
+    let top = p.sweep.keys().filter_map(|c| mean(c)).max_by(f64::total_cmp);
+    let best: Vec<&String> = p.sweep.keys().filter(|c| top.is_some() && mean(c) == top).collect();
+    let mut header = vec!["combination".to_string()];
+    header.extend(keys.iter().map(|k| k.to_string()));
+    header.extend(main.metrics.iter().map(|m| m.name().to_string()));
+    let rows = p
+        .sweep
+        .iter()
+        .filter_map(|(column, item)| {
+            let m = scores(column)?;
+            let mark = match (best.contains(&column), best.len()) {
+                (false, _) => String::new(),
+                (true, 1) => format!(" (best {})", p.best_by.name()),
+                (true, _) => format!(" (best {}, tied)", p.best_by.name()),
+            };
+            let mut row = vec![format!("{column}{mark}")];
+            row.extend(keys.iter().map(|k| item.get(*k).map(shown).unwrap_or_default()));
+            row.extend(main.metrics.iter().map(|k| {
+                let i = m.scores[k];
+                format!("{:.4} [{:.4}, {:.4}]", i.mean, i.low, i.high)
+            }));
+            Some(row)
+        })
+        .collect();
+    let mut blocks = vec![
+        Block::Text(format!(
+            "{} combinations; ROUGE F-measure, mean [95% bootstrap CI]; the best by {} marked.",
+            p.sweep.len(),
+            p.best_by.name()
+        )),
+        Block::Table(Grid { header, rows }),
+    ];
+    for metric in &main.metrics {
+        for key in &keys {
+            let mut xs: Vec<String> = Vec::new();
+            for item in p.sweep.values() {
+                let x = item.get(*key).map(shown).unwrap_or_default();
+                if !xs.contains(&x) {
+                    xs.push(x);
+                }
+            }
+            // A line per combination of the other varied values.
+            let mut lines: Vec<(String, Vec<(usize, f64)>)> = Vec::new();
+            for (column, item) in &p.sweep {
+                let Some(m) = scores(column) else { continue };
+                let others: Vec<String> = keys
+                    .iter()
+                    .filter(|k| *k != key)
+                    .map(|k| format!("{k} {}", item.get(*k).map(shown).unwrap_or_default()))
+                    .collect();
+                let label = if others.is_empty() { metric.name().to_string() } else { others.join(", ") };
+                let x = xs.iter().position(|v| *v == item.get(*key).map(shown).unwrap_or_default()).unwrap_or(0);
+                match lines.iter_mut().find(|(l, _)| *l == label) {
+                    Some((_, points)) => points.push((x, m.scores[metric].mean)),
+                    None => lines.push((label, vec![(x, m.scores[metric].mean)])),
+                }
+            }
+            lines.iter_mut().for_each(|(_, points)| points.sort_by_key(|p| p.0));
+            let file = format!("sweep-{}-{}.svg", metric.name(), key);
+            blocks.push(Block::Plot { file, svg: sweep_plot(metric.name(), key, &xs, lines)? });
+        }
+    }
+    let varied: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+    Ok(Section { heading: Some(format!("Sweep over {}", varied.join(", "))), blocks })
 }
 
 /// ROUGE-1 by topic for the most frequent topics: (topic, rows, mean per model); none without a

@@ -133,7 +133,7 @@ impl Document {
         );
         for section in &self.sections {
             if let Some(h) = &section.heading {
-                let _ = write!(html, "<h2>{}</h2>", escape(h));
+                let _ = write!(html, "<h2 id=\"{}\">{}</h2>", anchor(h), escape(h));
             }
             for block in &section.blocks {
                 match block {
@@ -156,6 +156,20 @@ impl Document {
         }
         html + "</body></html>\n"
     }
+}
+
+/// A heading's anchor, so a link can open the report at it (`report.html#sweep-over-r-lr`):
+/// lowercase letters and digits, the rest runs of `-`.
+fn anchor(heading: &str) -> String {
+    let mut out = String::new();
+    for c in heading.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.is_empty() && !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.trim_end_matches('-').to_string()
 }
 
 #[cfg(test)]
@@ -192,9 +206,9 @@ mod tests {
             "<h1>T &lt;1&gt;</h1>",
             "<p>Intro &amp; more</p>",
             "<td>a|b</td>",
-            "<h2>Plots</h2>",
+            "<h2 id=\"plots\">Plots</h2>",
             "<svg></svg>",
-            "<h2>Examples</h2>",
+            "<h2 id=\"examples\">Examples</h2>",
             "<h3>x1</h3>",
             "A: hi<br>B: yo",
         ];

@@ -97,14 +97,22 @@ impl Stage for Report {
     fn outputs(&self, _: &ReportParams) -> Vec<OutputDecl> {
         vec![OutputDecl { name: "report".into(), kind: ArtifactKind::Report }]
     }
+    fn defaults(&self, p: &mut ReportParams) {
+        p.compare.get_or_insert_with(|| params::default_compare(&p.models));
+    }
     fn check(&self, p: &ReportParams) -> Vec<ParamError> {
         let mut errors = Vec::new();
         if p.models.is_empty() {
             errors.push(ParamError::new("models", "name at least one prediction column"));
         }
-        for (i, (m, b)) in p.compare.iter().enumerate() {
+        for (i, (m, b)) in p.compare.iter().flatten().enumerate() {
             if !p.models.contains(m) || !p.models.contains(b) {
                 errors.push(ParamError::new(format!("compare[{i}]"), "both columns must be among `models`"));
+            }
+        }
+        for column in p.sweep.keys() {
+            if !p.models.contains(column) {
+                errors.push(ParamError::new(format!("sweep.{column}"), "is not among `models`"));
             }
         }
         errors

@@ -5,6 +5,7 @@ use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::eval::rouge::RougeType;
 use crate::stage::InputRef;
 
 /// The reference column of the lab's results layout.
@@ -30,9 +31,10 @@ pub struct ReportParams {
     /// Prediction columns: the baseline (e.g. the original model) first, then the others.
     #[serde(default = "models")]
     pub models: Vec<String>,
-    /// Pairs (model, baseline) compared beyond "each vs the first", e.g. PEFT vs full.
-    #[serde(default = "compare")]
-    pub compare: Vec<(String, String)>,
+    /// Pairs (model, baseline) compared beyond "each vs the first", e.g. PEFT vs full (default:
+    /// the lab's PEFT vs full fine-tuning, where `models` has both).
+    #[serde(default)]
+    pub compare: Option<Vec<(String, String)>>,
     /// Training artifacts by label (a `train-full` model, a `train-lora` adapter).
     #[serde(default)]
     pub training: IndexMap<String, InputRef>,
@@ -40,6 +42,20 @@ pub struct ReportParams {
     /// the first two rows).
     #[serde(default = "examples")]
     pub examples: Vec<String>,
+    /// A sweep's columns (among `models`) with the values each was made with — in a pipeline,
+    /// `{"peft@*": "${item}"}` — for a section that sets the varied values against the metrics.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub sweep: IndexMap<String, IndexMap<String, serde_json::Value>>,
+    /// The metric that picks a sweep's best combination.
+    #[serde(default = "best_by", skip_serializing_if = "is_rouge1")]
+    pub best_by: RougeType,
+}
+
+fn best_by() -> RougeType {
+    RougeType::Rouge1
+}
+fn is_rouge1(m: &RougeType) -> bool {
+    *m == RougeType::Rouge1
 }
 
 fn title() -> String {
@@ -51,8 +67,14 @@ fn references() -> String {
 fn models() -> Vec<String> {
     LAB_MODELS.map(String::from).to_vec()
 }
-fn compare() -> Vec<(String, String)> {
-    vec![(LAB_MODELS[2].into(), LAB_MODELS[1].into())]
+/// The lab's comparison, PEFT vs full fine-tuning, where `models` has both columns.
+pub fn default_compare(models: &[String]) -> Vec<(String, String)> {
+    let (peft, full) = (LAB_MODELS[2], LAB_MODELS[1]);
+    if models.iter().any(|m| m == peft) && models.iter().any(|m| m == full) {
+        vec![(peft.into(), full.into())]
+    } else {
+        Vec::new()
+    }
 }
 fn examples() -> Vec<String> {
     vec!["test_66_3".into(), "test_0_1".into(), "test_33_1".into()]

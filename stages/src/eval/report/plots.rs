@@ -205,3 +205,63 @@ pub fn topic_plot(topics: &[(String, usize, Vec<f64>)], models: &[String]) -> Re
     }
     Ok(svg)
 }
+
+/// A metric against one varied value of a sweep: the values along x (as labels, in their
+/// order), a line per combination of the other varied values.
+pub fn sweep_plot(
+    metric: &str,
+    key: &str,
+    xs: &[String],
+    lines: Vec<(String, Vec<(usize, f64)>)>,
+) -> Result<String, StageError> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (480, 300)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let (lo, hi) = lines
+            .iter()
+            .flat_map(|(_, points)| points.iter().map(|p| p.1))
+            .fold((f64::MAX, f64::MIN), |(a, b), y| (a.min(y), b.max(y)));
+        let (lo, hi) = if lo <= hi { (lo, hi) } else { (0.0, 1.0) };
+        let pad = ((hi - lo) * 0.15).max(0.005);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(format!("{metric} by {key}"), ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(50)
+            .build_cartesian_2d(-0.5..xs.len() as f64 - 0.5, (lo - pad)..(hi + pad))
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(xs.len().max(1))
+            .x_label_formatter(&|x| {
+                let i = x.round();
+                if (x - i).abs() < 1e-6 && i >= 0.0 {
+                    xs.get(i as usize).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .x_desc(key)
+            .draw()
+            .map_err(plot_err)?;
+        let many = lines.len() > 1;
+        for (i, (label, points)) in lines.into_iter().enumerate() {
+            let color = COLORS[(i + 1) % COLORS.len()];
+            let points: Vec<(f64, f64)> = points.into_iter().map(|(x, y)| (x as f64, y)).collect();
+            let series = chart.draw_series(LineSeries::new(points.clone(), color.stroke_width(2))).map_err(plot_err)?;
+            if many {
+                series
+                    .label(label)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], color.stroke_width(2)));
+            }
+            chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, color.filled()))).map_err(plot_err)?;
+        }
+        if many {
+            legend(&mut chart, SeriesLabelPosition::LowerRight)?;
+        }
+        root.present().map_err(plot_err)?;
+    }
+    Ok(svg)
+}

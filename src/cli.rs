@@ -2,8 +2,9 @@
 //! runtime options), and the dispatch to `commands`, where each command's body lives. Each
 //! command returns its exit code; errors go back to `main` to be printed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
@@ -13,6 +14,8 @@ use crate::cache::Cache;
 use crate::commands::{self, Format};
 use crate::error::Error;
 use crate::pipeline::{self, Pipeline};
+use crate::remote::{self, Remote};
+use crate::run::executor::Pull;
 use crate::run::plan::Selection;
 
 /// sumflow: declarative, cached pipelines for fine-tuning experiments.
@@ -38,9 +41,42 @@ enum Command {
         /// Stages running at once (default: the number of CPUs).
         #[arg(long)]
         jobs: Option<usize>,
-        /// Fail if any stage would run (CI: check that nothing changed).
+        /// Hold the run to the lock file: fail, naming stage and field, where the plan differs
+        /// from it or a stage would have to run (CI: results reproduced, not recomputed).
         #[arg(long)]
         frozen: bool,
+        /// The lock file to write (or, with --frozen, to check) instead of PIPELINE.lock.
+        #[arg(long, value_name = "FILE")]
+        lock: Option<PathBuf>,
+        /// Ask the remote for every stage the cache lacks; download only what stages that run
+        /// read and the final results.
+        #[arg(long)]
+        pull: bool,
+        /// With --pull: download every output the remote has.
+        #[arg(long, requires = "pull")]
+        pull_all: bool,
+        /// Upload what the run produced to the remote.
+        #[arg(long)]
+        push: bool,
+        #[command(flatten)]
+        remote: RemoteArg,
+    },
+    /// Upload the outputs of a pipeline's stages (every cached entry without one) to a remote.
+    Push {
+        /// The pipeline file (all cached entries if none).
+        file: Option<PathBuf>,
+        /// Override a var: `--set NAME=VALUE` (repeatable).
+        #[arg(long = "set", value_name = "NAME=VALUE", requires = "file")]
+        sets: Vec<String>,
+        #[command(flatten)]
+        remote: RemoteArg,
+    },
+    /// Download the outputs of a pipeline's stages from a remote into the cache.
+    Pull {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        #[command(flatten)]
+        remote: RemoteArg,
     },
     /// Show what a run would do, and why each miss misses.
     Plan {
@@ -70,13 +106,16 @@ enum Command {
         #[command(subcommand)]
         action: CacheAction,
     },
-    /// Check a run's artifacts against its manifest (`latest`, a run id, or a manifest path).
+    /// Check a run's artifacts against its manifest (`latest`, a run id, or a manifest path),
+    /// or every output a lock file names (here or on the remote).
     Audit {
-        /// The run.
+        /// The run, or a lock file (`PIPELINE.lock`).
         run: String,
         /// Also rerun this stage into a scratch cache and compare its outputs with the run's.
         #[arg(long, value_name = "STAGE")]
         reproduce: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArg,
     },
     /// Compare runs from their manifests: `exp show` (a table of runs or sweep columns),
     /// `exp diff A [B]`.
@@ -107,8 +146,22 @@ enum Command {
 enum CacheAction {
     /// List cached stage runs.
     Ls,
-    /// Remove artifacts no entry references and leftovers of interrupted runs.
-    Gc,
+    /// Remove artifacts no entry references and leftovers of interrupted runs; with --remote,
+    /// the remote's records and objects no lock file and no recent record references.
+    Gc {
+        /// Collect the remote (NAME|URL, or the default remote) instead of the local cache.
+        #[arg(long, value_name = "NAME|URL", num_args = 0..=1, default_missing_value = "")]
+        remote: Option<String>,
+        /// A lock file whose results stay (repeatable): every project sharing the remote.
+        #[arg(long, value_name = "LOCK", requires = "remote")]
+        keep: Vec<PathBuf>,
+        /// Records and objects younger than this stay (pushes under way).
+        #[arg(long, default_value = "1day", value_parser = humantime::parse_duration, requires = "remote")]
+        grace: std::time::Duration,
+        /// Delete (without it, say what would be deleted).
+        #[arg(long, requires = "remote")]
+        yes: bool,
+    },
     /// Re-hash every artifact; fail on corruption or missing artifacts.
     Verify {
         /// Remove what is damaged (artifacts, the entries that name them, unreadable entries),
@@ -143,6 +196,40 @@ struct SelectArgs {
     /// Run only this stage and its ancestors (repeatable).
     #[arg(long, value_name = "STAGE")]
     only: Vec<String>,
+}
+
+/// The remote a command uses.
+#[derive(Debug, Args)]
+struct RemoteArg {
+    /// The remote: a name from sumflow.toml, a URL (s3://, gs://, az://, https://) or a
+    /// folder (default: the one sumflow.toml marks `default = true`).
+    #[arg(long = "remote", env = "SUMFLOW_REMOTE", value_name = "NAME|URL")]
+    name: Option<String>,
+}
+
+impl RemoteArg {
+    /// The remote, if one is named or configured.
+    fn open(&self) -> Result<Option<Arc<Remote>>, Error> {
+        open_remote(self.name.as_deref())
+    }
+
+    /// The remote, which the command needs.
+    fn required(&self) -> Result<Arc<Remote>, Error> {
+        self.open()?.ok_or_else(|| {
+            Error::Usage(
+                "no remote: give --remote NAME|URL, set SUMFLOW_REMOTE, or mark one `default = true` in sumflow.toml"
+                    .into(),
+            )
+        })
+    }
+}
+
+fn open_remote(name: Option<&str>) -> Result<Option<Arc<Remote>>, Error> {
+    let cwd = std::env::current_dir().map_err(|e| Error::io(".", e))?;
+    match remote::resolve(name, &cwd)? {
+        Some(spec) => Ok(Some(Arc::new(Remote::open(spec)?))),
+        None => Ok(None),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -215,9 +302,38 @@ pub fn main(cli: Cli) -> Result<ExitCode, Error> {
     let runtime = cli.runtime.options(cuda_alloc_conf());
     let cache_dir = &cli.cache.dir;
     match cli.command {
-        Command::Run { pipeline, select, jobs, frozen } => {
+        Command::Run { pipeline, select, jobs, frozen, lock, pull, pull_all, push, remote } => {
             let p = load(&pipeline, &registry)?;
-            commands::run::run(&p, &Cache::open(cache_dir)?, select.selection(), jobs, frozen, runtime)
+            let pull = match (pull, pull_all) {
+                (_, true) => Pull::All,
+                (true, false) => Pull::Needed,
+                (false, false) => Pull::Off,
+            };
+            let remote = if pull != Pull::Off || push { Some(remote.required()?) } else { None };
+            let request = commands::run::RunRequest {
+                selection: select.selection(),
+                jobs,
+                frozen,
+                lock,
+                vars_set: !pipeline.sets.is_empty(),
+                pull,
+                push,
+                remote,
+            };
+            commands::run::run(&p, &Cache::open(cache_dir)?, request, runtime)
+        }
+        Command::Push { file, sets, remote } => {
+            let remote = remote.required()?;
+            let p = match &file {
+                Some(file) => Some(load(&PipelineArgs { file: file.clone(), sets }, &registry)?),
+                None => None,
+            };
+            commands::remote::push(p.as_ref(), &Cache::open(cache_dir)?, &remote, &runtime)
+        }
+        Command::Pull { pipeline, remote } => {
+            let remote = remote.required()?;
+            let p = load(&pipeline, &registry)?;
+            commands::remote::pull(&p, &Cache::open(cache_dir)?, &remote, &runtime)
         }
         Command::Plan { pipeline, select, format } => {
             let p = load(&pipeline, &registry)?;
@@ -230,11 +346,23 @@ pub fn main(cli: Cli) -> Result<ExitCode, Error> {
             let cache = Cache::open(cache_dir)?;
             match action {
                 CacheAction::Ls => commands::cache::ls(&cache),
-                CacheAction::Gc => commands::cache::gc(&cache),
+                CacheAction::Gc { remote: None, .. } => commands::cache::gc(&cache),
+                CacheAction::Gc { remote: Some(name), keep, grace, yes } => {
+                    let name = Some(name).filter(|n| !n.is_empty()).or_else(|| std::env::var("SUMFLOW_REMOTE").ok());
+                    let remote = open_remote(name.as_deref())?.ok_or_else(|| {
+                        Error::Usage(
+                            "--remote: no remote named and none marked `default = true` in sumflow.toml".into(),
+                        )
+                    })?;
+                    commands::cache::gc_remote(&remote, &keep, grace, yes)
+                }
                 CacheAction::Verify { repair } => commands::cache::verify(&cache, repair),
             }
         }
-        Command::Audit { run, reproduce } => {
+        Command::Audit { run, reproduce, remote } if run.ends_with(".lock") && reproduce.is_none() => {
+            commands::audit::audit_lock(&Cache::open(cache_dir)?, Path::new(&run), remote.open()?.as_deref())
+        }
+        Command::Audit { run, reproduce, .. } => {
             commands::audit::audit(&Cache::open(cache_dir)?, &run, reproduce.as_deref(), &registry, &runtime)
         }
         Command::Exp { action } => {

@@ -56,6 +56,31 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A remote failed or refused something (the message names the object, record or stage,
+    /// and the backend's error in brief).
+    #[error("remote `{remote}`: {message}")]
+    Remote {
+        /// The remote's name (or URL, without credentials).
+        remote: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A remote could not be reached (no connection, no answer in time).
+    #[error("remote `{remote}`: {message}")]
+    RemoteUnreachable {
+        /// The remote's name (or URL, without credentials).
+        remote: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A lock file is missing, unreadable, or disagrees with the pipeline.
+    #[error("{}: {message}", path.display())]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// `--frozen` and some stage would run.
     #[error("--frozen: {0}")]
     Frozen(String),

@@ -2,7 +2,7 @@
 //!
 //! A [`pipeline`] file names stages and the outputs flowing between them; the [`graph`] orders
 //! them; [`run`] plans what the content-hashed [`cache`] lacks, executes it, writes a manifest
-//! per run and audits it; [`cli`] is the command line, whose commands live in `commands`.
+//! per run and audits it; a [`remote`] shares the cache between machines; [`cli`] is the command line, whose commands live in `commands`.
 //! Stages themselves live in `sumflow-stages`, which this crate sees only through its stage API
 //! (the `Stage` trait and the registry) and its `tools`.
 
@@ -13,6 +13,7 @@ pub mod diagnostic;
 pub mod error;
 pub mod graph;
 pub mod pipeline;
+pub mod remote;
 pub mod run;
 
 pub use error::Error;

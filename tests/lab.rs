@@ -37,7 +37,9 @@ fn means(report: &serde_json::Value) -> Vec<Vec<f64>> {
 #[test]
 fn lab_results_pipeline_reproduces_the_labs_table() {
     let s = Sandbox::new();
-    let mut cmd = s.cmd(&["run", "pipelines/lab-results.yaml"]);
+    // (Its lock goes to the sandbox: tests leave the repository as it is.)
+    let lock = s.path().join("lab-results.lock");
+    let mut cmd = s.cmd(&["run", "pipelines/lab-results.yaml", "--lock", lock.to_str().unwrap()]);
     let out = cmd.current_dir(repo()).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -259,7 +261,9 @@ fn the_lab_pipeline_runs_offline_end_to_end() {
 #[test]
 fn the_report_opens_in_chromium_and_is_not_blank() {
     let s = Sandbox::new();
-    let mut cmd = s.cmd(&["run", "pipelines/lab-results.yaml"]);
+    // (Its lock goes to the sandbox: tests leave the repository as it is.)
+    let lock = s.path().join("lab-results.lock");
+    let mut cmd = s.cmd(&["run", "pipelines/lab-results.yaml", "--lock", lock.to_str().unwrap()]);
     let out = cmd.current_dir(repo()).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -12,6 +12,7 @@ mod lab;
 mod load;
 #[cfg(feature = "torch")]
 mod models;
+mod remote;
 mod sweeps;
 #[cfg(feature = "torch")]
 mod training;

@@ -25,6 +25,9 @@ pub struct OutputRecord {
     /// blake3 of each file, by relative path (so an audit can name the file that changed).
     #[serde(default)]
     pub files: BTreeMap<String, String>,
+    /// Size of each file by relative path (entries written before sizes were kept lack them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sizes: BTreeMap<String, u64>,
 }
 
 /// An index entry: a recipe key and what running it produced.
@@ -197,35 +200,72 @@ impl Cache {
             }
             let io = |e| Error::io(&dir, e);
             sync_tree(&dir).map_err(io)?;
-            let TreeDigest { digest, bytes, files } = tree_digest(&dir).map_err(io)?;
-            let target = self.artifact(&digest);
-            // An artifact already there is kept only if it is intact: a valid artifact is never
-            // replaced, a corrupted one is.
-            let intact = target.is_dir() && tree_digest(&target).is_ok_and(|t| t.digest == digest);
-            if intact {
-                fs::remove_dir_all(&dir).map_err(io)?;
-            } else {
-                // Whatever is there instead (a damaged folder, a dangling link) goes.
-                if let Ok(meta) = fs::symlink_metadata(&target) {
-                    let _ = if meta.is_dir() { fs::remove_dir_all(&target) } else { fs::remove_file(&target) };
-                }
-                if let Err(e) = fs::rename(&dir, &target) {
-                    // Another thread committed the same content first.
-                    if !target.is_dir() {
-                        return Err(io(e));
-                    }
-                    let _ = fs::remove_dir_all(&dir);
-                }
-            }
-            entry.outputs.insert(out.name.clone(), OutputRecord { digest, kind: out.kind, bytes, files });
+            let TreeDigest { digest, bytes, files, sizes } = tree_digest(&dir).map_err(io)?;
+            self.place(&dir, &digest)?;
+            entry.outputs.insert(out.name.clone(), OutputRecord { digest, kind: out.kind, bytes, files, sizes });
         }
         sync_dir(&artifacts).map_err(|e| Error::io(&artifacts, e))?;
-        let path = self.index_path(&entry.key);
-        let text = serde_json::to_vec_pretty(&entry).expect("entries serialize");
-        atomic_write(&path, &text).map_err(|e| Error::io(&path, e))?;
+        self.write_entry(&entry)?;
         let _ = fs::remove_dir_all(scratch);
         let _ = fs::remove_dir_all(self.work_dir(&entry.key));
         Ok(entry)
+    }
+
+    /// Moves the folder `dir` (written and synced) into `artifacts/<digest>`. An intact artifact
+    /// already there is kept (a valid artifact is never replaced), a damaged one is.
+    fn place(&self, dir: &Path, digest: &str) -> Result<(), Error> {
+        let io = |e| Error::io(dir, e);
+        let target = self.artifact(digest);
+        let intact = target.is_dir() && tree_digest(&target).is_ok_and(|t| t.digest == digest);
+        if intact {
+            fs::remove_dir_all(dir).map_err(io)?;
+            return Ok(());
+        }
+        // Whatever is there instead (a damaged folder, a dangling link) goes.
+        if let Ok(meta) = fs::symlink_metadata(&target) {
+            let _ = if meta.is_dir() { fs::remove_dir_all(&target) } else { fs::remove_file(&target) };
+        }
+        if let Err(e) = fs::rename(dir, &target) {
+            // Another thread committed the same content first.
+            if !target.is_dir() {
+                return Err(io(e));
+            }
+            let _ = fs::remove_dir_all(dir);
+        }
+        Ok(())
+    }
+
+    /// Takes a folder that came from elsewhere (a remote) into `artifacts/<digest>` if it
+    /// hashes to `digest`; returns false (and removes it) if it does not.
+    pub fn adopt(&self, dir: &Path, digest: &str) -> Result<bool, Error> {
+        sync_tree(dir).map_err(|e| Error::io(dir, e))?;
+        let tree = tree_digest(dir).map_err(|e| Error::io(dir, e))?;
+        if tree.digest != digest {
+            let _ = fs::remove_dir_all(dir);
+            return Ok(false);
+        }
+        self.place(dir, digest)?;
+        let artifacts = self.root.join("artifacts");
+        sync_dir(&artifacts).map_err(|e| Error::io(&artifacts, e))?;
+        Ok(true)
+    }
+
+    /// Writes the index entry of `entry`, whose artifacts are all in place (last, so a reader
+    /// never sees an entry without its artifacts).
+    pub fn put_entry(&self, entry: &Entry) -> Result<(), Error> {
+        if let Some((name, _)) = entry.outputs.iter().find(|(_, o)| !self.artifact(&o.digest).is_dir()) {
+            return Err(Error::Cache {
+                path: self.index_path(&entry.key),
+                message: format!("output `{name}` of `{}` is not in the cache: entry not written", entry.stage),
+            });
+        }
+        self.write_entry(entry)
+    }
+
+    fn write_entry(&self, entry: &Entry) -> Result<(), Error> {
+        let path = self.index_path(&entry.key);
+        let text = serde_json::to_vec_pretty(entry).expect("entries serialize");
+        atomic_write(&path, &text).map_err(|e| Error::io(&path, e))
     }
 }
 

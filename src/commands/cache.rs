@@ -2,8 +2,14 @@
 
 use std::process::ExitCode;
 
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
 use crate::cache::{self, Cache, CacheLock};
 use crate::error::Error;
+use crate::remote::Remote;
+use crate::run::lockfile::LockFile;
 
 /// `sumflow cache ls`: one line per entry.
 pub fn ls(cache: &Cache) -> Result<ExitCode, Error> {
@@ -66,4 +72,31 @@ pub fn verify(cache: &Cache, repair: bool) -> Result<ExitCode, Error> {
             ),
         })
     }
+}
+
+/// `sumflow cache gc --remote [--keep LOCK…] [--grace D] [--yes]`: deletes the records no
+/// given lock names that are older than the grace period, then the objects no remaining record
+/// names (and older than it too); a dry run unless `yes`.
+pub fn gc_remote(remote: &Remote, keep: &[PathBuf], grace: Duration, yes: bool) -> Result<ExitCode, Error> {
+    remote.check()?;
+    let mut keys = BTreeSet::new();
+    for path in keep {
+        keys.extend(LockFile::read(path)?.stages.into_values().map(|s| s.key));
+    }
+    let r = remote.gc(&keys, grace, !yes)?;
+    let verb = if yes { "deleted" } else { "would delete" };
+    outln!(
+        "remote `{}`: {verb} {} records and {} objects ({} bytes); kept {} records (named by {} lock file(s) or younger than {})",
+        remote.name(),
+        r.records.len(),
+        r.objects,
+        r.bytes,
+        r.records_kept,
+        keep.len(),
+        humantime::format_duration(grace)
+    );
+    if !yes && (r.objects > 0 || !r.records.is_empty()) {
+        outln!("(a dry run: --yes deletes them)");
+    }
+    Ok(ExitCode::SUCCESS)
 }

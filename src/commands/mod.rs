@@ -19,6 +19,7 @@ pub mod cache;
 pub mod exp;
 pub mod inspect;
 pub mod models;
+pub mod remote;
 pub mod run;
 pub mod score;
 

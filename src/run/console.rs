@@ -51,7 +51,9 @@ impl Reporter for Console {
             Event::Planned(plans) => {
                 let hits = plans.iter().filter(|s| s.status == Status::Hit).count();
                 let misses = plans.iter().filter(|s| s.status == Status::Miss).count();
-                self.line(format!("{}: {} stages, {hits} cached, {misses} to run", p.name, plans.len()));
+                let remote = plans.iter().filter(|s| s.status == Status::Remote).count();
+                let left = if remote > 0 { format!(", {remote} left on the remote") } else { String::new() };
+                self.line(format!("{}: {} stages, {hits} cached{left}, {misses} to run", p.name, plans.len()));
             }
             Event::Started(i) => {
                 if self.tty {
@@ -75,6 +77,7 @@ impl Reporter for Console {
                 let secs = run.duration.as_secs_f64();
                 self.line(match &run.outcome {
                     Outcome::Hit => format!("  hit   {}", label(p, i)),
+                    Outcome::Remote => format!("  hit   {}  (on the remote; not needed here)", label(p, i)),
                     Outcome::Ran => format!("  ran   {}  {secs:.2}s{}", label(p, i), peaks(run)),
                     Outcome::Failed(e) => {
                         let mut text = format!("  FAIL  {}  {secs:.2}s", label(p, i));
@@ -96,6 +99,10 @@ impl Reporter for Console {
 
     fn waiting_for_lock(&self, holder: &str) {
         self.line(format!("waiting for the cache lock (held by pid {holder})…"));
+    }
+
+    fn notice(&self, text: &str) {
+        self.line(format!("  note  {text}"));
     }
 }
 
@@ -142,7 +149,8 @@ pub fn summaries(p: &Pipeline, runs: &[StageRun], cache: &Cache) -> String {
     let mut out = String::new();
     for &i in &p.order {
         let node = &p.stages[i];
-        let Some(entry) = &runs[i].entry else { continue };
+        // A remote hit's outputs stayed on the remote.
+        let Some(entry) = runs[i].entry.as_ref().filter(|_| runs[i].outcome != Outcome::Remote) else { continue };
         let outputs: BTreeMap<String, std::path::PathBuf> =
             entry.outputs.iter().map(|(name, rec)| (name.clone(), cache.artifact(&rec.digest))).collect();
         if let Some(text) = node.stage.summary(&node.params, &outputs) {

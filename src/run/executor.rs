@@ -14,9 +14,24 @@ use sumflow_stages::{panic_message, ArtifactKind, Progress, Resource, RuntimeOpt
 use crate::cache::{Cache, CacheLock, Entry, Stamp};
 use crate::error::{chain, Error};
 use crate::pipeline::Pipeline;
+use crate::remote::{Lookup, PullOutcome, Remote};
 use crate::run::gpus::{self, Gpu};
+use crate::run::lockfile::LockFile;
 use crate::run::memory;
 use crate::run::plan::{self, Selection, StagePlan, Status};
+
+/// What a run takes from a remote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Pull {
+    /// Nothing: the remote is not asked.
+    #[default]
+    Off,
+    /// For each local miss, the remote's record; outputs are downloaded only where a stage
+    /// that runs reads them, or nothing reads them (final stages: the results).
+    Needed,
+    /// Every output of every stage the remote has (`--pull-all`).
+    All,
+}
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -29,6 +44,12 @@ pub struct RunOptions {
     pub gpus: Vec<Gpu>,
     /// Fail instead of running anything.
     pub frozen: bool,
+    /// With `frozen`: the lock the plan's keys must equal (its path, for messages).
+    pub locked: Option<Arc<(PathBuf, LockFile)>>,
+    /// The remote to pull from, and what to pull.
+    pub remote: Option<Arc<Remote>>,
+    /// What to take from `remote`.
+    pub pull: Pull,
     /// The process's runtime options, handed to every stage.
     pub runtime: RuntimeOptions,
 }
@@ -40,6 +61,9 @@ impl Default for RunOptions {
             jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
             gpus: gpus::visible(),
             frozen: false,
+            locked: None,
+            remote: None,
+            pull: Pull::Off,
             runtime: RuntimeOptions::default(),
         }
     }
@@ -48,8 +72,10 @@ impl Default for RunOptions {
 /// What happened to one stage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Outputs came from the cache.
+    /// Outputs came from the cache (the local one, or pulled from the remote into it).
     Hit,
+    /// The remote has its outputs and nothing here needed them: they were left there.
+    Remote,
     /// It ran and its outputs were committed.
     Ran,
     /// It failed.
@@ -115,20 +141,30 @@ pub trait Reporter: Sync {
     fn progress(&self, p: &Pipeline, i: usize) -> Box<dyn Progress + '_>;
     /// Another run holds the cache lock; we wait.
     fn waiting_for_lock(&self, holder: &str);
+    /// Something the user should know that is not about one stage (a remote that cannot be
+    /// reached, an object refused).
+    fn notice(&self, _text: &str) {}
 }
 
 /// Runs `p` against `cache`; returns every stage's result in `p.stages` order.
 pub fn run(p: &Pipeline, cache: &Cache, opts: &RunOptions, reporter: &dyn Reporter) -> Result<Vec<StageRun>, Error> {
     let waiting = |holder: &str| reporter.waiting_for_lock(holder);
-    // A frozen run writes no artifact: it shares the cache (read-only ones too) with its kind.
-    let _lock = if opts.frozen {
+    // A frozen run writes no artifact: it shares the cache (read-only ones too) with its kind
+    // (unless it pulls).
+    let _lock = if opts.frozen && opts.pull == Pull::Off {
         CacheLock::shared(&cache.path("lock"), &waiting)?
     } else {
         let lock = CacheLock::acquire(&cache.path("lock"), &waiting)?;
         cache.clear_scratch()?;
         lock
     };
-    let plans = plan::plan(p, cache, &opts.selection, &opts.runtime)?;
+    let mut plans = plan::plan(p, cache, &opts.selection, &opts.runtime)?;
+    if let Some(locked) = &opts.locked {
+        locked.1.check(&locked.0, p, &plans)?;
+    }
+    if let (Some(remote), true) = (&opts.remote, opts.pull != Pull::Off) {
+        pull(p, cache, &mut plans, remote, opts, reporter)?;
+    }
     reporter.event(p, Event::Planned(&plans));
     if opts.frozen {
         let misses: Vec<String> = plans
@@ -146,6 +182,12 @@ pub fn run(p: &Pipeline, cache: &Cache, opts: &RunOptions, reporter: &dyn Report
         .map(|s| match s.status {
             Status::Hit => Some(StageRun {
                 outcome: Outcome::Hit,
+                key: s.key.clone(),
+                duration: Duration::ZERO,
+                entry: s.entry.clone(),
+            }),
+            Status::Remote => Some(StageRun {
+                outcome: Outcome::Remote,
                 key: s.key.clone(),
                 duration: Duration::ZERO,
                 entry: s.entry.clone(),
@@ -257,6 +299,77 @@ pub fn run(p: &Pipeline, cache: &Cache, opts: &RunOptions, reporter: &dyn Report
         }
     }
     Ok(runs)
+}
+
+/// Asks the remote for every local miss, then downloads what this run needs of what it has:
+/// the outputs stages that run will read, and those nothing reads (the results), or all with
+/// [`Pull::All`]. A stage whose objects are refused is computed instead (its inputs are then
+/// needed in turn); under `--frozen` that fails the run.
+fn pull(
+    p: &Pipeline,
+    cache: &Cache,
+    plans: &mut [StagePlan],
+    remote: &Remote,
+    opts: &RunOptions,
+    reporter: &dyn Reporter,
+) -> Result<(), Error> {
+    for (plan, node) in plans.iter_mut().zip(&p.stages) {
+        if plan.status != Status::Miss || opts.selection.force.contains(&plan.id) {
+            continue;
+        }
+        let outputs: Vec<String> = node.outputs.iter().map(|o| o.name.clone()).collect();
+        match remote.record(&plan.key, Some(&outputs)) {
+            Ok(Lookup::Found(record)) => {
+                plan.status = Status::Remote;
+                plan.reasons = vec![format!("on remote `{}`", remote.name())];
+                plan.entry = Some(record);
+            }
+            Ok(Lookup::Absent) => {}
+            Ok(Lookup::Refused(e)) | Err(e) if opts.frozen => return Err(e),
+            // A record that cannot be trusted: the stage is computed here.
+            Ok(Lookup::Refused(e)) => reporter.notice(&format!("{e}; computing `{}` here", plan.id)),
+            // The remote went away: nothing more is asked of it.
+            Err(e) => {
+                reporter.notice(&format!("{e}; computing locally"));
+                break;
+            }
+        }
+    }
+    loop {
+        let needed: Vec<usize> = (0..plans.len())
+            .filter(|&i| plans[i].status == Status::Remote)
+            .filter(|&i| {
+                // Final: nothing reads it, or `--only` asked for it.
+                let mut readers = p.dependents(i).peekable();
+                opts.pull == Pull::All
+                    || readers.peek().is_none()
+                    || opts.selection.only.contains(&plans[i].id)
+                    || readers.any(|j| plans[j].status == Status::Miss)
+            })
+            .collect();
+        if needed.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<(String, Entry)> =
+            needed.iter().map(|&i| (plans[i].id.clone(), plans[i].entry.clone().expect("a record"))).collect();
+        for (&i, outcome) in needed.iter().zip(remote.pull(cache, &records)?) {
+            match outcome {
+                PullOutcome::Pulled(entry) => {
+                    plans[i].status = Status::Hit;
+                    plans[i].reasons.clear();
+                    plans[i].entry = Some(entry);
+                }
+                PullOutcome::Refused(e) if opts.frozen => return Err(e),
+                PullOutcome::Refused(e) => {
+                    reporter.notice(&format!("{e}; computing `{}` here", plans[i].id));
+                    plans[i].status = Status::Miss;
+                    plans[i].reasons = vec![format!("its remote copy was refused ({e})")];
+                    plans[i].entry = None;
+                }
+            }
+        }
+        plan::check_consumed_hits(p, cache, plans);
+    }
 }
 
 /// How the stages upstream of stage `i` (its inputs, theirs, …) went, in pipeline order.

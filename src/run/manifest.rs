@@ -80,7 +80,7 @@ pub struct StageRecord {
     pub version: u32,
     /// Recipe key.
     pub key: String,
-    /// `hit`, `ran`, `failed` or `skipped`.
+    /// `hit`, `ran`, `remote` (left on the remote), `failed` or `skipped`.
     pub outcome: String,
     /// Seconds spent running.
     pub duration_s: f64,
@@ -145,6 +145,7 @@ impl Manifest {
             .map(|(node, run)| {
                 let (outcome, note, error) = match &run.outcome {
                     Outcome::Hit => ("hit", None, Vec::new()),
+                    Outcome::Remote => ("remote", None, Vec::new()),
                     Outcome::Ran => ("ran", None, Vec::new()),
                     Outcome::Failed(e) => ("failed", None, e.chain()),
                     Outcome::Skipped(why) => ("skipped", Some(why.clone()), Vec::new()),
@@ -222,7 +223,8 @@ impl Manifest {
 pub fn audit(cache: &Cache, m: &Manifest) -> (usize, Vec<String>) {
     let mut checked = 0;
     let mut problems = Vec::new();
-    for s in &m.stages {
+    // Outputs left on the remote were never here.
+    for s in m.stages.iter().filter(|s| s.outcome != "remote") {
         for (name, rec) in &s.outputs {
             checked += 1;
             let dir = cache.artifact(&rec.digest);

@@ -30,6 +30,8 @@ pub enum Status {
     Hit,
     /// The stage must run.
     Miss,
+    /// The local cache lacks it; the remote has it (a run with `--pull` only).
+    Remote,
     /// Not selected.
     Skipped,
 }
@@ -50,7 +52,7 @@ pub struct StagePlan {
     /// The recipe behind the key.
     #[serde(skip)]
     pub recipe: Recipe,
-    /// The cache entry, for hits.
+    /// The cache entry, for hits (for remote hits, the remote's record).
     #[serde(skip)]
     pub entry: Option<Entry>,
     /// The local files the key covers, with the stamps they had when hashed: the executor
@@ -122,7 +124,7 @@ pub fn plan(p: &Pipeline, cache: &Cache, sel: &Selection, runtime: &RuntimeOptio
 /// Every cached output a stage that runs will read is checked against its digest first: a
 /// damaged one is recomputed (its stage becomes a miss, and so the outputs that stage reads are
 /// checked in turn), never consumed. Outputs nothing reads now are left for `cache verify`.
-fn check_consumed_hits(p: &Pipeline, cache: &Cache, plans: &mut [StagePlan]) {
+pub fn check_consumed_hits(p: &Pipeline, cache: &Cache, plans: &mut [StagePlan]) {
     let mut checked = vec![false; plans.len()];
     let mut queue: Vec<usize> = (0..plans.len()).filter(|&i| plans[i].status == Status::Miss).collect();
     while let Some(i) = queue.pop() {
@@ -242,6 +244,7 @@ pub fn render(p: &Pipeline, plans: &[StagePlan]) -> String {
         let status = match s.status {
             Status::Hit => "hit ",
             Status::Miss => "miss",
+            Status::Remote => "remote",
             Status::Skipped => "skip",
         };
         out.push_str(&format!("  {status}  {:width$}  {:kind_width$}  {}", s.id, s.kind, &s.key[..12]));

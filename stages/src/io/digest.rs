@@ -22,6 +22,8 @@ pub struct TreeDigest {
     pub bytes: u64,
     /// blake3 of each file by relative path.
     pub files: BTreeMap<String, String>,
+    /// Size of each file by relative path.
+    pub sizes: BTreeMap<String, u64>,
 }
 
 /// Files under `dir`, as sorted `/`-separated relative paths.
@@ -49,6 +51,7 @@ pub fn tree_digest(dir: &Path) -> std::io::Result<TreeDigest> {
     let mut tree = blake3::Hasher::new();
     let mut bytes = 0;
     let mut files = BTreeMap::new();
+    let mut sizes = BTreeMap::new();
     for (rel, path) in files_under(dir)? {
         let mut h = blake3::Hasher::new();
         h.update_reader(File::open(&path)?)?;
@@ -59,9 +62,10 @@ pub fn tree_digest(dir: &Path) -> std::io::Result<TreeDigest> {
         tree.update(&[0]);
         tree.update(&len.to_le_bytes());
         tree.update(hash.as_bytes());
-        files.insert(rel, hash.to_hex().to_string());
+        files.insert(rel.clone(), hash.to_hex().to_string());
+        sizes.insert(rel, len);
     }
-    Ok(TreeDigest { digest: tree.finalize().to_hex().to_string(), bytes, files })
+    Ok(TreeDigest { digest: tree.finalize().to_hex().to_string(), bytes, files, sizes })
 }
 
 #[cfg(test)]

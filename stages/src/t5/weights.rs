@@ -116,7 +116,10 @@ pub fn names(path: &Path) -> Result<Vec<String>, StageError> {
     let bytes = std::fs::read(path).map_err(|e| StageError::io(path, e))?;
     let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|source| StageError::Safetensors { path: path.to_path_buf(), source })?;
-    Ok(metadata.tensors().into_keys().collect())
+    // Sorted, so that a message naming the first odd one is the same on every run.
+    let mut names: Vec<String> = metadata.tensors().into_keys().collect();
+    names.sort();
+    Ok(names)
 }
 
 /// Every variable of `vs`, by name.

@@ -81,13 +81,7 @@ pub enum DiffFormat {
 
 /// Every manifest of the cache, oldest first (read in parallel).
 fn manifests(cache: &Cache) -> Result<Vec<Manifest>, Error> {
-    let dir = cache.path("runs");
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map_err(|e| Error::io(&dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    paths.sort();
+    let paths = Manifest::paths(cache)?;
     // A manifest that cannot be read is left out, said once, rather than hiding every other run.
     let read: Vec<Result<Manifest, Error>> = paths
         .par_iter()

@@ -37,15 +37,7 @@ pub fn push(p: Option<&Pipeline>, cache: &Cache, remote: &Remote, runtime: &Runt
             .collect(),
     };
     let r = remote.push(cache, &entries)?;
-    outln!(
-        "pushed {} objects ({}) and {} records to remote `{}` in {:.2}s; {} objects were there",
-        r.uploaded,
-        indicatif::HumanBytes(r.bytes),
-        r.records,
-        remote.name(),
-        r.elapsed.as_secs_f64(),
-        r.present
-    );
+    outln!("{}", r.summary(remote.name()));
     Ok(ExitCode::SUCCESS)
 }
 

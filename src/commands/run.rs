@@ -139,15 +139,7 @@ pub fn run(p: &Pipeline, cache: &Cache, req: RunRequest, runtime: RuntimeOptions
             .filter_map(|r| r.entry.clone())
             .collect();
         let r = remote.push(cache, &local)?;
-        eprintln!(
-            "pushed {} objects ({}) and {} records to remote `{}` in {:.2}s; {} objects were there",
-            r.uploaded,
-            indicatif::HumanBytes(r.bytes),
-            r.records,
-            remote.name(),
-            r.elapsed.as_secs_f64(),
-            r.present
-        );
+        eprintln!("{}", r.summary(remote.name()));
     }
     if failed.is_empty() {
         Ok(ExitCode::SUCCESS)

@@ -37,6 +37,20 @@ pub struct PushReport {
     pub elapsed: Duration,
 }
 
+impl PushReport {
+    /// The line `push` and `run --push` print.
+    pub fn summary(&self, remote: &str) -> String {
+        format!(
+            "pushed {} objects ({}) and {} records to remote `{remote}` in {:.2}s; {} objects were there",
+            self.uploaded,
+            indicatif::HumanBytes(self.bytes),
+            self.records,
+            self.elapsed.as_secs_f64(),
+            self.present
+        )
+    }
+}
+
 /// What a pull of one stage's record came to.
 #[derive(Debug)]
 pub enum PullOutcome {

@@ -192,17 +192,25 @@ impl Manifest {
         Ok(path)
     }
 
+    /// The paths of every manifest in the cache, oldest first (run ids sort by time).
+    pub fn paths(cache: &Cache) -> Result<Vec<PathBuf>, Error> {
+        let runs = cache.path("runs");
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(&runs)
+            .map_err(|e| Error::io(&runs, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        paths.sort();
+        Ok(paths)
+    }
+
     /// Reads a manifest: `latest`, a run id, or a path to a manifest file.
     pub fn find(cache: &Cache, run: &str) -> Result<(PathBuf, Manifest), Error> {
         let runs = cache.path("runs");
         let path = if run == "latest" {
-            let mut names: Vec<PathBuf> = std::fs::read_dir(&runs)
-                .map_err(|e| Error::io(&runs, e))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "json"))
-                .collect();
-            names.sort();
-            names.pop().ok_or_else(|| Error::Usage(format!("no runs recorded in {}", runs.display())))?
+            Manifest::paths(cache)?
+                .pop()
+                .ok_or_else(|| Error::Usage(format!("no runs recorded in {}", runs.display())))?
         } else if Path::new(run).is_file() {
             PathBuf::from(run)
         } else {

@@ -20,15 +20,19 @@ pub fn is_safe_path(rel: &str) -> bool {
         && rel.split('/').all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains(':'))
 }
 
+/// The key `entry`'s recipe hashes to: the blake3 of its canonical JSON (sorted maps), as
+/// the cache computes keys.
+pub fn recipe_key(entry: &Entry) -> String {
+    blake3::hash(&serde_json::to_vec(&entry.recipe).expect("JSON values serialize")).to_hex().to_string()
+}
+
 /// Checks a record fetched for `key` (of a stage declaring the outputs `expected`, where known);
 /// the error says what is wrong with it.
 pub fn check(entry: &Entry, key: &str, expected: Option<&[String]>) -> Result<(), String> {
     if entry.key != key {
         return Err(format!("it is the record of key {}, not {key}", entry.key));
     }
-    // The cache key is the blake3 of the recipe's canonical JSON (sorted maps).
-    let recipe = blake3::hash(&serde_json::to_vec(&entry.recipe).expect("JSON values serialize")).to_hex();
-    if recipe.as_str() != key {
+    if recipe_key(entry) != key {
         return Err("its recipe does not hash to its key".into());
     }
     if let Some(expected) = expected {

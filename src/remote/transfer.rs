@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{object_path, Remote};
+use super::{object_path, record, Remote};
 use crate::cache::{tree_digest, Cache, Entry};
 use crate::error::Error;
 
@@ -87,6 +87,11 @@ impl Remote {
         let mut jobs: BTreeMap<String, Job> = BTreeMap::new();
         let mut records = Vec::new();
         for entry in entries {
+            // A record must be what its key names (pullers check): an entry written under
+            // another key scheme stays here.
+            if record::recipe_key(entry) != entry.key {
+                continue;
+            }
             let mut record = entry.clone();
             for (name, out) in record.outputs.iter_mut() {
                 let dir = cache.artifact(&out.digest);
@@ -112,27 +117,11 @@ impl Remote {
             }
             records.push(record);
         }
-        let store = &self.store;
         let objects = jobs.len();
         // What the remote lacks (an object of the wrong size is damaged: it is replaced).
-        let missing: Vec<Job> = self
-            .rt
-            .block_on(async {
-                futures::stream::iter(jobs.into_values())
-                    .map(|job| async move {
-                        match store.head(&object_path(&job.digest)).await {
-                            Ok(meta) if meta.size == job.size => Ok(None),
-                            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(Some(job)),
-                            Err(e) => Err(self.error(&format!("reading cas/{}", job.digest), e)),
-                        }
-                    })
-                    .buffer_unordered(PARALLEL * 4)
-                    .try_collect::<Vec<_>>()
-                    .await
-            })?
-            .into_iter()
-            .flatten()
-            .collect();
+        let sizes: BTreeMap<String, u64> = jobs.iter().map(|(digest, job)| (digest.clone(), job.size)).collect();
+        let lacking = self.missing_objects(&sizes)?;
+        let missing: Vec<Job> = jobs.into_values().filter(|job| lacking.contains(&job.digest)).collect();
         let mut report = PushReport { present: objects - missing.len(), ..PushReport::default() };
         let total: u64 = missing.iter().map(|j| j.size).sum();
         report.uploaded = missing.len();

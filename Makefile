@@ -23,8 +23,11 @@ lab-quick: build
 	./target/release/sumflow run pipelines/dialogsum-flan-t5.yaml --set model=cache/models/tiny \
 		--set data=$(DATA) --set subsample=100 --set max_steps=20 --set max_new_tokens=40 $(ARGS)
 
+# Two builds: the runner without libtorch (a build with the `torch` feature links it into every
+# binary of the package, though the runner never calls it), then the worker with it.
 build: venv
-	$(TORCH_ENV) cargo build --release --locked --features torch
+	cargo build --release --locked --bin sumflow
+	$(TORCH_ENV) cargo build --release --locked --features torch --bin sumflow-worker
 
 # The venv: torch (libtorch for the build) and the Python reference implementations;
 # rebuilt when the requirements change.
@@ -34,7 +37,8 @@ $(STAMP): $(REQS)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r $(REQS)
 	sha256sum $(REQS) > $(STAMP)
 
-# Lints with and without libtorch (the runner must build without it), then every test. The
+# Lints with and without libtorch (the runner must build without it), then every test, then
+# the runner's own tests in the build it ships in (without libtorch: `ldd` shows none). The
 # report test opens report.html in headless Chromium (Debian's `chromium`, installed if missing).
 test: venv
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
@@ -42,3 +46,4 @@ test: venv
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 	$(TORCH_ENV) cargo clippy --workspace --all-targets --locked --features torch -- -D warnings
 	$(TORCH_ENV) cargo test --workspace --locked --features torch
+	cargo test --locked --test integration workers::

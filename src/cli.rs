@@ -12,7 +12,7 @@ use sumflow_stages::{AttentionBackend, Registry, RuntimeOptions};
 
 use crate::cache::Cache;
 use crate::commands::{self, Format};
-use crate::error::Error;
+use crate::error::{chain, Error};
 use crate::pipeline::{self, Pipeline};
 use crate::remote::{self, Remote};
 use crate::run::executor::Pull;
@@ -296,10 +296,67 @@ fn cuda_alloc_conf() -> String {
     }
 }
 
+/// Which binary is running a command line.
+#[derive(Clone, Copy)]
+pub enum Host {
+    /// `sumflow`: no libtorch; it hands the model commands to the worker.
+    Runner,
+    /// `sumflow-worker`, the build with libtorch: it runs them with [`model_commands`] (given
+    /// here, so that nothing the runner calls reaches libtorch).
+    Worker(fn(ModelCommand, &RuntimeOptions) -> Result<ExitCode, Error>),
+}
+
+/// A model command line, parsed.
+#[cfg_attr(not(feature = "torch"), allow(dead_code))] // read by `model_commands` only
+pub struct ModelCommand(Command);
+
+/// Runs a model command (`bench`, `make-model`, `merge`, `params`, `summarize`).
+#[cfg(feature = "torch")]
+pub fn model_commands(command: ModelCommand, runtime: &RuntimeOptions) -> Result<ExitCode, Error> {
+    match command.0 {
+        Command::Bench(args) => commands::bench::bench(&args, runtime),
+        Command::MakeModel(args) => commands::models::make_model(&args),
+        Command::Merge(args) => commands::models::merge(&args),
+        Command::Params(args) => commands::models::params(&args),
+        Command::Summarize(args) => commands::models::summarize(&args, runtime),
+        _ => Err(Error::Usage("not a model command".into())),
+    }
+}
+
+/// Prints an error with its causes (`error: …`, `caused by: …`) and gives the exit code.
+pub fn exit(result: Result<ExitCode, Error>) -> ExitCode {
+    match result {
+        Ok(code) => code,
+        // `sumflow cache ls | head -1`: the reader has what it wanted.
+        Err(Error::ReaderGone) => ExitCode::SUCCESS,
+        // Pipeline diagnostics carry their own `error:` headers.
+        Err(e @ Error::Pipeline(_)) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            for (k, message) in chain(&e).iter().enumerate() {
+                eprintln!("{}: {message}", if k == 0 { "error" } else { "caused by" });
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs the parsed command line.
-pub fn main(cli: Cli) -> Result<ExitCode, Error> {
-    let registry = Registry::builtin();
+pub fn main(cli: Cli, host: Host) -> Result<ExitCode, Error> {
+    let model_command = matches!(
+        cli.command,
+        Command::Bench(_) | Command::MakeModel(_) | Command::Merge(_) | Command::Params(_) | Command::Summarize(_)
+    );
     let runtime = cli.runtime.options(cuda_alloc_conf());
+    if model_command {
+        return match host {
+            Host::Runner => crate::worker::spawn::forward(),
+            Host::Worker(run) => run(ModelCommand(cli.command), &runtime),
+        };
+    }
+    let registry = Registry::builtin();
     let cache_dir = &cli.cache.dir;
     match cli.command {
         Command::Run { pipeline, select, jobs, frozen, lock, pull, pull_all, push, remote } => {
@@ -373,10 +430,8 @@ pub fn main(cli: Cli) -> Result<ExitCode, Error> {
             }
         }
         Command::Score(args) => commands::score::score(&args),
-        Command::Bench(args) => commands::bench::bench(&args, &runtime),
-        Command::MakeModel(args) => commands::models::make_model(&args),
-        Command::Merge(args) => commands::models::merge(&args),
-        Command::Params(args) => commands::models::params(&args),
-        Command::Summarize(args) => commands::models::summarize(&args, &runtime),
+        Command::Bench(_) | Command::MakeModel(_) | Command::Merge(_) | Command::Params(_) | Command::Summarize(_) => {
+            unreachable!("model commands are handled above")
+        }
     }
 }

@@ -91,6 +91,36 @@ pub enum Error {
     /// quietly.
     #[error("standard output was closed")]
     ReaderGone,
+    /// A model stage needs the worker binary, and it is not there.
+    #[error("model stages run in `{}`, which is not there: build it (`make build`), or set SUMFLOW_WORKER to its path", path.display())]
+    WorkerMissing {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// A stage failed in its worker: the worker's error, its causes kept.
+    #[error(transparent)]
+    Worker(WorkerError),
+    /// A stage's worker process ended without finishing the stage: an abort, a crash, an
+    /// out-of-memory kill.
+    #[error("its worker process died ({status})")]
+    WorkerDied {
+        /// How it ended (`signal: 6 (SIGABRT)`, `exit status: 134`).
+        status: String,
+        /// The last lines of its stderr.
+        #[source]
+        stderr: Option<WorkerError>,
+    },
+    /// One rank of a stage running on several devices failed (the others were stopped).
+    #[error("rank {rank} of {world} failed")]
+    Rank {
+        /// The rank, from 0.
+        rank: usize,
+        /// How many ranks ran.
+        world: usize,
+        /// Why it failed.
+        #[source]
+        source: Box<Error>,
+    },
     /// A command-line problem not caught by clap.
     #[error("{0}")]
     Usage(String),
@@ -100,6 +130,44 @@ impl Error {
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
+    }
+}
+
+/// An error that happened in a worker process, rebuilt from its messages (outermost first) so
+/// it prints as it would have in the runner.
+#[derive(Debug, Clone)]
+pub struct WorkerError {
+    message: String,
+    source: Option<Box<WorkerError>>,
+}
+
+impl WorkerError {
+    /// The chain `messages` (outermost first) as nested errors.
+    pub fn from_chain(messages: Vec<String>) -> WorkerError {
+        let mut messages = messages.into_iter().rev();
+        let innermost = WorkerError { message: messages.next().unwrap_or_default(), source: None };
+        messages.fold(innermost, |source, message| WorkerError { message, source: Some(Box::new(source)) })
+    }
+
+    /// The last lines a dead worker wrote on stderr, as the cause of its death; `None` if it
+    /// wrote none.
+    pub fn stderr_tail(lines: Vec<String>) -> Option<WorkerError> {
+        (!lines.is_empty()).then(|| WorkerError {
+            message: format!("its stderr ended with:\n    {}", lines.join("\n    ")),
+            source: None,
+        })
+    }
+}
+
+impl std::fmt::Display for WorkerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for WorkerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! A [`pipeline`] file names stages and the outputs flowing between them; the [`graph`] orders
 //! them; [`run`] plans what the content-hashed [`cache`] lacks, executes it, writes a manifest
-//! per run and audits it; a [`remote`] shares the cache between machines; [`cli`] is the command line, whose commands live in `commands`.
+//! per run and audits it; a [`remote`] shares the cache between machines; model stages run in [`worker`] processes; [`cli`] is the command line, whose commands live in `commands`.
 //! Stages themselves live in `sumflow-stages`, which this crate sees only through its stage API
 //! (the `Stage` trait and the registry) and its `tools`.
 
@@ -15,5 +15,6 @@ pub mod graph;
 pub mod pipeline;
 pub mod remote;
 pub mod run;
+pub mod worker;
 
 pub use error::Error;

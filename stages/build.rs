@@ -1,9 +1,11 @@
 //! Build script, with the `torch` feature: libtorch link settings (see `libtorch_link.rs`) and
 //! the C++ shims: bf16 autocast (`csrc/autocast.cpp`, see `src/autocast.rs`), libtorch's
 //! profiler (`csrc/trace.cpp`, see `src/trace.rs`), the attention kernels libtorch may pick
-//! (`csrc/sdpa.cpp`, see `src/t5/device.rs`) and, where libtorch has CUDA and the CUDA
-//! runtime's headers are found, CUDA graphs (`csrc/cuda_graph.cpp`, see `src/cuda_graph.rs`;
-//! the `sumflow_cuda_graphs` cfg says it is there).
+//! (`csrc/sdpa.cpp`, see `src/t5/device.rs`), c10d's store and Gloo process group
+//! (`csrc/dist.cpp`, see `src/torch/dist.rs`; gloo's headers from Debian's libgloo-dev) and,
+//! where libtorch has CUDA and the CUDA runtime's headers are found, CUDA graphs
+//! (`csrc/cuda_graph.cpp`, see `src/cuda_graph.rs`; the `sumflow_cuda_graphs` cfg says it is
+//! there).
 include!("libtorch_link.rs");
 
 fn main() {
@@ -11,9 +13,10 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc/trace.cpp");
     println!("cargo:rerun-if-changed=csrc/cuda_graph.cpp");
     println!("cargo:rerun-if-changed=csrc/sdpa.cpp");
+    println!("cargo:rerun-if-changed=csrc/dist.cpp");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     println!("cargo:rustc-check-cfg=cfg(sumflow_cuda_graphs)");
-    if let Some(libtorch) = link_libtorch() {
+    if let Some(libtorch) = link_libtorch(None) {
         compile_shims(&libtorch);
     }
 }
@@ -33,6 +36,9 @@ fn cuda_include(libtorch: &Libtorch) -> Option<std::path::PathBuf> {
 
 #[cfg(feature = "torch")]
 fn compile_shims(libtorch: &Libtorch) {
+    if !std::path::Path::new("/usr/include/gloo/config.h").exists() && std::env::var_os("GLOO_INCLUDE").is_none() {
+        panic!("the distributed shim (csrc/dist.cpp) needs gloo's headers: `apt-get install libgloo-dev` (or set GLOO_INCLUDE)");
+    }
     let include = libtorch.lib.join("../include");
     let mut build = cc::Build::new();
     build
@@ -40,6 +46,10 @@ fn compile_shims(libtorch: &Libtorch) {
         .file("csrc/autocast.cpp")
         .file("csrc/trace.cpp")
         .file("csrc/sdpa.cpp")
+        .file("csrc/dist.cpp")
+        // ProcessGroupGloo's header declares it only with this; gloo's own headers come from
+        // the system (Debian's libgloo-dev: libtorch bundles gloo's code, not its headers).
+        .define("USE_C10D_GLOO", None)
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
@@ -52,6 +62,10 @@ fn compile_shims(libtorch: &Libtorch) {
             println!("cargo:rustc-cfg=sumflow_cuda_graphs");
         }
     }
+    if let Some(gloo) = std::env::var_os("GLOO_INCLUDE") {
+        build.include(gloo);
+    }
+    println!("cargo:rerun-if-env-changed=GLOO_INCLUDE");
     build.compile("sumflow_shims");
 }
 

@@ -34,8 +34,10 @@ fn libtorch() -> Option<Libtorch> {
     Some(Libtorch { lib, cxx11_abi: lines.next() == Some("1") })
 }
 
-/// Emits the link settings; `None` without the `torch` feature or without libtorch.
-fn link_libtorch() -> Option<Libtorch> {
+/// Emits the link settings — libtorch's CUDA kept for `only_bin` alone when given (the root
+/// package: the runner, `sumflow`, must not load libtorch) — and returns where libtorch is;
+/// `None` without the `torch` feature or without libtorch.
+fn link_libtorch(only_bin: Option<&str>) -> Option<Libtorch> {
     println!("cargo:rerun-if-changed=libtorch_link.rs");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
@@ -47,14 +49,19 @@ fn link_libtorch() -> Option<Libtorch> {
         return None;
     };
     let lib = &libtorch.lib;
+    let arg = |a: String| match only_bin {
+        Some(bin) => println!("cargo:rustc-link-arg-bin={bin}={a}"),
+        None => println!("cargo:rustc-link-arg={a}"),
+    };
     if lib.join("libtorch_cuda.so").exists() {
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-        println!("cargo:rustc-link-arg=-L{}", lib.display());
-        println!("cargo:rustc-link-arg=-ltorch_cuda");
+        arg("-Wl,--no-as-needed".into());
+        arg(format!("-L{}", lib.display()));
+        arg("-ltorch_cuda".into());
         // The CUDA graph shim's streams (`c10::cuda`).
-        println!("cargo:rustc-link-arg=-lc10_cuda");
-        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+        arg("-lc10_cuda".into());
+        arg("-Wl,--as-needed".into());
     }
+    // Harmless where libtorch is not linked: nothing is looked up there.
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     Some(libtorch)
 }

@@ -6,6 +6,8 @@ mod common;
 
 mod architecture;
 mod cache;
+#[cfg(feature = "torch")]
+mod distributed;
 mod executor;
 mod hostile;
 mod lab;
@@ -17,3 +19,4 @@ mod sweeps;
 #[cfg(feature = "torch")]
 mod training;
 mod validate;
+mod workers;

@@ -21,7 +21,7 @@ fn pipeline(s: &Sandbox, train: &str) {
 }
 
 /// (step, loss) of a training artifact's loss curve.
-fn losses(dir: &Path) -> Vec<(u64, f64)> {
+pub fn losses(dir: &Path) -> Vec<(u64, f64)> {
     std::fs::read_to_string(dir.join("training/losses.csv"))
         .unwrap()
         .lines()
@@ -34,7 +34,7 @@ fn losses(dir: &Path) -> Vec<(u64, f64)> {
 }
 
 /// The artifact folder of output `output` of stage `stage` in the latest run.
-fn artifact(s: &Sandbox, stage: &str, output: &str) -> PathBuf {
+pub fn artifact(s: &Sandbox, stage: &str, output: &str) -> PathBuf {
     let audit = s.ok(&["audit", "latest"]);
     let m: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(audit.stdout.split(':').next().unwrap()).unwrap()).unwrap();
@@ -112,7 +112,7 @@ fn run_until_killed(s: &Sandbox, until: impl Fn(&Sandbox) -> bool, limit: Durati
     }
 }
 
-fn latest_checkpoint(s: &Sandbox) -> Option<String> {
+pub fn latest_checkpoint(s: &Sandbox) -> Option<String> {
     let work = s.cache().join("work");
     std::fs::read_dir(work).ok()?.flatten().find_map(|e| std::fs::read_to_string(e.path().join("latest")).ok())
 }

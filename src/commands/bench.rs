@@ -3,10 +3,13 @@
 //! the executor takes a stage's.
 
 use std::path::PathBuf;
+#[cfg(feature = "torch")]
 use std::process::ExitCode;
 
+#[cfg(feature = "torch")]
 use sumflow_stages::RuntimeOptions;
 
+#[cfg(feature = "torch")]
 use crate::error::Error;
 
 /// What to measure (the flags of `sumflow bench`).
@@ -105,7 +108,7 @@ struct Meter(std::sync::Mutex<Option<crate::run::memory::GpuSampler>>);
 impl sumflow_stages::tools::PeakMemory for Meter {
     fn start(&self) {
         crate::run::memory::reset_peak();
-        *self.0.lock().expect("meter lock") = crate::run::memory::GpuSampler::start(None);
+        *self.0.lock().expect("meter lock") = crate::run::memory::GpuSampler::start(None, std::process::id());
     }
     fn stop(&self) -> (Option<f64>, Option<f64>) {
         let gpu = self.0.lock().expect("meter lock").take().map(crate::run::memory::GpuSampler::stop);
@@ -123,10 +126,4 @@ pub fn bench(args: &BenchArgs, runtime: &RuntimeOptions) -> Result<ExitCode, Err
         crate::cache::atomic_write(path, &text).map_err(|e| Error::io(path, e))?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Needs libtorch.
-#[cfg(not(feature = "torch"))]
-pub fn bench(_: &BenchArgs, _: &RuntimeOptions) -> Result<ExitCode, Error> {
-    Err(Error::Usage("`sumflow bench` needs libtorch: build with `--features torch` (`make build`)".into()))
 }

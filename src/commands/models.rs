@@ -1,14 +1,17 @@
 //! The model commands — `make-model`, `merge`, `params`, `summarize` — through the stages
-//! crate's tools (the `make-model` and `generate` stages' code). They need libtorch; a build
-//! without the `torch` feature says so.
+//! crate's tools (the `make-model` and `generate` stages' code). They need libtorch: the runner
+//! hands them to `sumflow-worker` (see `crate::worker`).
 
 use std::path::PathBuf;
+#[cfg(feature = "torch")]
 use std::process::ExitCode;
 
 use clap::Args;
+#[cfg(feature = "torch")]
 use sumflow_stages::RuntimeOptions;
 
 use super::Format;
+#[cfg(feature = "torch")]
 use crate::error::Error;
 
 /// The flags of `sumflow make-model`.
@@ -141,27 +144,5 @@ mod imp {
     }
 }
 
-#[cfg(not(feature = "torch"))]
-mod imp {
-    use super::*;
-
-    fn unavailable() -> Error {
-        Error::Usage(
-            "this sumflow was built without libtorch: build it with `--features torch` (`make lab` does)".into(),
-        )
-    }
-    pub fn make_model(_: &MakeModelArgs) -> Result<ExitCode, Error> {
-        Err(unavailable())
-    }
-    pub fn merge(_: &MergeArgs) -> Result<ExitCode, Error> {
-        Err(unavailable())
-    }
-    pub fn params(_: &ParamsArgs) -> Result<ExitCode, Error> {
-        Err(unavailable())
-    }
-    pub fn summarize(_: &SummarizeArgs, _: &RuntimeOptions) -> Result<ExitCode, Error> {
-        Err(unavailable())
-    }
-}
-
+#[cfg(feature = "torch")]
 pub use imp::{make_model, merge, params, summarize};

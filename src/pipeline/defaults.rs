@@ -54,7 +54,7 @@ pub fn apply(
 ) -> IndexMap<String, Value> {
     for (kind, params) in defaults {
         let at = format!("defaults.{kind}");
-        if registry.get(kind).is_none() && !Registry::TORCH_KINDS.contains(&kind.as_str()) {
+        if registry.get(kind).is_none() {
             let known = registry.kinds().collect::<Vec<_>>().join(", ");
             errors.push(Diagnostic {
                 path: at.clone(),

@@ -14,6 +14,9 @@ use super::validated::{BoundInput, Pipeline, StageNode, SweepItem};
 use crate::diagnostic::Diagnostic;
 use crate::graph;
 
+/// The most processes one stage may run in (`devices:`).
+const MAX_DEVICES: u64 = 64;
+
 #[allow(clippy::too_many_arguments)]
 pub(super) fn validate<'r>(
     raw: RawPipeline,
@@ -31,7 +34,7 @@ pub(super) fn validate<'r>(
         errors.push(Diagnostic { path: path + &note, message, pos });
     };
 
-    // 1. Each stage on its own: id, kind, typed params, the stage's own checks.
+    // 1. Each stage on its own: id, kind, devices, typed params, the stage's own checks.
     let mut parsed: Vec<Option<StageNode>> = Vec::new();
     let ids: Vec<String> = raw.stages.keys().cloned().collect();
     for (id, value) in raw.stages {
@@ -60,15 +63,29 @@ pub(super) fn validate<'r>(
             }
         };
         let Some(stage) = registry.get(&kind) else {
-            let message = if Registry::TORCH_KINDS.contains(&kind.as_str()) {
-                format!(
-                    "`{kind}` needs libtorch: this sumflow was built without the `torch` feature (`make build` has it)"
-                )
-            } else {
-                format!("unknown kind `{kind}` (known: {})", registry.kinds().collect::<Vec<_>>().join(", "))
-            };
+            let message = format!("unknown kind `{kind}` (known: {})", registry.kinds().collect::<Vec<_>>().join(", "));
             error(format!("{at}.kind"), message);
             continue;
+        };
+        // How many processes run the stage: how it runs, not what it computes (not a param).
+        let devices = match map.remove("devices") {
+            None => 1,
+            Some(Value::Number(n))
+                if n.as_u64().is_some_and(|d| (1..=MAX_DEVICES).contains(&d)) && stage.distributed() =>
+            {
+                n.as_u64().expect("checked") as usize
+            }
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|d| (1..=MAX_DEVICES).contains(&d)) => {
+                error(
+                    format!("{at}.devices"),
+                    format!("`{kind}` runs on one device (`devices:` is for train-full and train-lora)"),
+                );
+                continue;
+            }
+            Some(_) => {
+                error(format!("{at}.devices"), format!("must be a whole number from 1 to {MAX_DEVICES}"));
+                continue;
+            }
         };
         let params = match stage.parse(Value::Mapping(map)) {
             Ok(p) => p,
@@ -120,6 +137,7 @@ pub(super) fn validate<'r>(
             outputs: stage.outputs(&params),
             files: stage.files(&params),
             resource: stage.resource(&params),
+            devices,
             inputs: Vec::new(),
             id,
             stage,

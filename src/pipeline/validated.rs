@@ -38,6 +38,9 @@ pub struct StageNode<'r> {
     pub files: Vec<FileInput>,
     /// CPU or GPU.
     pub resource: Resource,
+    /// How many processes (one per device) run it together: `devices:`, 1 unless given. Not
+    /// in the key: the result is the same experiment (tests hold 2 ranks to 1 process).
+    pub devices: usize,
     /// The combination of a sweep this stage is, if it is one.
     pub sweep: Option<SweepItem>,
 }

@@ -59,7 +59,7 @@ impl Reporter for Console {
                 if self.tty {
                     let bar = self.multi.add(ProgressBar::new_spinner());
                     bar.set_style(
-                        ProgressStyle::with_template("  {spinner} {prefix} {wide_msg} {pos}/{len} [{elapsed}]")
+                        ProgressStyle::with_template("  {spinner} {prefix} {wide_msg} [{elapsed}]")
                             .expect("valid template"),
                     );
                     bar.set_prefix(label(p, i));
@@ -126,6 +126,13 @@ struct StageProgress<'a> {
 impl Progress for StageProgress<'_> {
     fn set_total(&self, total: u64) {
         if let Some(bar) = self.console.bar(self.i) {
+            // With a total, the rate and the time left mean something.
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "  {spinner} {prefix} {wide_msg} {pos}/{len} [{elapsed} < {eta}, {per_sec:.1}]",
+                )
+                .expect("valid template"),
+            );
             bar.set_length(total);
         }
     }
@@ -141,6 +148,9 @@ impl Progress for StageProgress<'_> {
     }
     fn warn(&self, msg: &str) {
         self.console.line(format!("  warn  {}: {msg}", self.id));
+    }
+    fn log(&self, line: &str) {
+        self.console.line(format!("  {}| {line}", self.id));
     }
 }
 

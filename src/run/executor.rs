@@ -13,12 +13,14 @@ use sumflow_stages::{panic_message, ArtifactKind, Progress, Resource, RuntimeOpt
 
 use crate::cache::{Cache, CacheLock, Entry, Stamp};
 use crate::error::{chain, Error};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, StageNode};
 use crate::remote::{Lookup, PullOutcome, Remote};
 use crate::run::gpus::{self, Gpu};
 use crate::run::lockfile::LockFile;
 use crate::run::memory;
 use crate::run::plan::{self, Selection, StagePlan, Status};
+use crate::worker::spawn::Ran;
+use crate::worker::{self, Job};
 
 /// What a run takes from a remote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -121,6 +123,8 @@ pub struct StageRun {
     pub duration: Duration,
     /// The cache entry, for hits and successful runs.
     pub entry: Option<Entry>,
+    /// libtorch, CUDA and GPU facts from the worker that ran it (empty otherwise).
+    pub runtime: BTreeMap<String, String>,
 }
 
 /// Events for the reporter, in the order they happen.
@@ -176,6 +180,9 @@ pub fn run(p: &Pipeline, cache: &Cache, opts: &RunOptions, reporter: &dyn Report
             return Err(Error::Frozen(format!("{} stage(s) would run: {}", misses.len(), misses.join(", "))));
         }
     }
+    if plans.iter().zip(&p.stages).any(|(s, node)| s.status == Status::Miss && node.stage.needs_libtorch()) {
+        worker::spawn::check_binary()?;
+    }
 
     let mut runs: Vec<Option<StageRun>> = plans
         .iter()
@@ -185,18 +192,21 @@ pub fn run(p: &Pipeline, cache: &Cache, opts: &RunOptions, reporter: &dyn Report
                 key: s.key.clone(),
                 duration: Duration::ZERO,
                 entry: s.entry.clone(),
+                runtime: BTreeMap::new(),
             }),
             Status::Remote => Some(StageRun {
                 outcome: Outcome::Remote,
                 key: s.key.clone(),
                 duration: Duration::ZERO,
                 entry: s.entry.clone(),
+                runtime: BTreeMap::new(),
             }),
             Status::Skipped => Some(StageRun {
                 outcome: Outcome::Skipped("not selected".into()),
                 key: s.key.clone(),
                 duration: Duration::ZERO,
                 entry: None,
+                runtime: BTreeMap::new(),
             }),
             Status::Miss => None,
         })
@@ -208,7 +218,7 @@ pub fn run(p: &Pipeline, cache: &Cache, opts: &RunOptions, reporter: &dyn Report
     }
 
     std::thread::scope(|scope| {
-        let (tx, rx) = mpsc::channel::<(usize, Result<Entry, Error>, Duration)>();
+        let (tx, rx) = mpsc::channel::<(usize, Result<(Entry, BTreeMap<String, String>), Error>, Duration)>();
         let mut running = 0;
         // Free GPU slots: an index into `opts.gpus`, or `None` for the one slot of a machine
         // without GPUs. Popped from the end, so the first GPU is taken first.
@@ -231,6 +241,7 @@ pub fn run(p: &Pipeline, cache: &Cache, opts: &RunOptions, reporter: &dyn Report
                         key: plans[i].key.clone(),
                         duration: Duration::ZERO,
                         entry: None,
+                        runtime: BTreeMap::new(),
                     };
                     reporter.event(p, Event::Finished(i, &run));
                     runs[i] = Some(run);
@@ -277,14 +288,15 @@ pub fn run(p: &Pipeline, cache: &Cache, opts: &RunOptions, reporter: &dyn Report
                 free_gpus.push(slot);
             }
             let run = match result {
-                Ok(entry) => {
-                    StageRun { outcome: Outcome::Ran, key: plans[i].key.clone(), duration, entry: Some(entry) }
+                Ok((entry, runtime)) => {
+                    StageRun { outcome: Outcome::Ran, key: plans[i].key.clone(), duration, entry: Some(entry), runtime }
                 }
                 Err(e) => StageRun {
                     outcome: Outcome::Failed(Failure(Arc::new(e))),
                     key: plans[i].key.clone(),
                     duration,
                     entry: None,
+                    runtime: BTreeMap::new(),
                 },
             };
             reporter.event(p, Event::Finished(i, &run));
@@ -397,7 +409,8 @@ fn upstream(p: &Pipeline, i: usize, runs: &[Option<StageRun>]) -> Vec<StageRecor
         .collect()
 }
 
-/// Runs one stage into a scratch folder and commits its outputs; a panic becomes an error.
+/// Runs one stage into a scratch folder — in a worker process if it needs libtorch, here
+/// otherwise — and commits its outputs.
 #[allow(clippy::too_many_arguments)]
 fn run_stage(
     p: &Pipeline,
@@ -409,7 +422,7 @@ fn run_stage(
     runtime: &RuntimeOptions,
     gpu: Option<&Gpu>,
     reporter: &dyn Reporter,
-) -> Result<Entry, Error> {
+) -> Result<(Entry, BTreeMap<String, String>), Error> {
     let node = &p.stages[i];
     // The local files the key covers must be the versions it was computed from, before the
     // stage reads them and after (a file rewritten meanwhile would cache one version's output
@@ -425,30 +438,37 @@ fn run_stage(
     unchanged()?;
     let scratch = cache.scratch(&plan.key)?;
     let progress = reporter.progress(p, i);
-    let ctx =
-        StageContext::new(&node.id, inputs, scratch.clone(), cache.work_dir(&plan.key), progress.as_ref(), runtime)
+    let work_dir = cache.work_dir(&plan.key);
+    let t0 = Instant::now();
+    let result = if node.stage.needs_libtorch() {
+        let job = Job {
+            version: worker::version(),
+            stage_id: node.id.clone(),
+            kind: node.stage.kind().to_string(),
+            params: node.params.canonical.clone(),
+            inputs,
+            output_root: scratch.clone(),
+            work_dir,
+            gpu: gpu.map(|g| g.cuda),
+            runtime: runtime.clone(),
+            upstream,
+            ranks: None,
+        };
+        worker::spawn::run(&job, node.devices, progress.as_ref(), gpu, node.resource == Resource::Gpu)
+    } else {
+        let ctx = StageContext::new(&node.id, inputs, scratch.clone(), work_dir, progress.as_ref(), runtime)
             .with_upstream(upstream)
             .on_gpu(gpu.map(|g| g.cuda));
-    let t0 = Instant::now();
-    // A GPU stage has its GPU to itself (or, without a pin, the one GPU stage running).
-    let sampler = if node.resource == Resource::Gpu { memory::GpuSampler::start(gpu) } else { None };
-    let result = match catch_unwind(AssertUnwindSafe(|| node.stage.run(&node.params, &ctx))) {
-        Ok(ran) => ran.map_err(Error::from),
-        Err(panic) => Err(Error::Panicked(panic_message(panic.as_ref()))),
+        run_here(node, &ctx, gpu)
     };
     // A file that changed underneath explains whatever the stage made of it (a torn row, say).
-    let result = unchanged().and(result);
-    let gpu_mb = sampler.map(memory::GpuSampler::stop);
-    if let Err(e) = result {
-        let _ = std::fs::remove_dir_all(&scratch);
-        return Err(e);
-    }
-    if let Some(mb) = memory::peak_mb() {
-        ctx.record("peak_rss_mb", mb);
-    }
-    if let Some(mb) = gpu_mb {
-        ctx.record("peak_gpu_mb", mb);
-    }
+    let ran = match unchanged().and(result) {
+        Ok(ran) => ran,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&scratch);
+            return Err(e);
+        }
+    };
     let entry = Entry {
         key: plan.key.clone(),
         pipeline: p.name.clone(),
@@ -458,8 +478,28 @@ fn run_stage(
         outputs: BTreeMap::new(),
         created: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         duration_s: t0.elapsed().as_secs_f64(),
-        stats: ctx.stats(),
-        warnings: ctx.warnings(),
+        stats: ran.stats,
+        warnings: ran.warnings,
     };
-    cache.commit(&scratch, &node.outputs, entry)
+    Ok((cache.commit(&scratch, &node.outputs, entry)?, ran.runtime))
+}
+
+/// Runs a stage in this process (one that does not need libtorch); a panic becomes an error.
+fn run_here(node: &StageNode, ctx: &StageContext, gpu: Option<&Gpu>) -> Result<Ran, Error> {
+    // A GPU stage has its GPU to itself (or, without a pin, the one GPU stage running).
+    let sampler =
+        if node.resource == Resource::Gpu { memory::GpuSampler::start(gpu, std::process::id()) } else { None };
+    let result = match catch_unwind(AssertUnwindSafe(|| node.stage.run(&node.params, ctx))) {
+        Ok(ran) => ran.map_err(Error::from),
+        Err(panic) => Err(Error::Panicked(panic_message(panic.as_ref()))),
+    };
+    let gpu_mb = sampler.map(memory::GpuSampler::stop);
+    result?;
+    if let Some(mb) = memory::peak_mb() {
+        ctx.record("peak_rss_mb", mb);
+    }
+    if let Some(mb) = gpu_mb {
+        ctx.record("peak_gpu_mb", mb);
+    }
+    Ok(Ran { stats: ctx.stats(), warnings: ctx.warnings(), runtime: BTreeMap::new() })
 }

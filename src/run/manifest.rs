@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
-use sumflow_stages::tools::describe_runtime;
+use sumflow_stages::tools::describe_gpus;
 use sumflow_stages::RuntimeOptions;
 
 use crate::cache::{atomic_write, tree_digest, Cache, OutputRecord};
@@ -35,7 +35,8 @@ pub struct Manifest {
     pub vars: serde_json::Value,
     /// The machine.
     pub host: Host,
-    /// libtorch, CUDA and GPU facts.
+    /// libtorch, CUDA and GPU facts (libtorch's as the run's workers found it; none when no
+    /// model stage ran).
     #[serde(default)]
     pub runtime: BTreeMap<String, String>,
     /// The process-wide switches the run ran with (attention backend, profiling, …).
@@ -178,7 +179,11 @@ impl Manifest {
             pipeline: PipelineRecord { name: p.name.clone(), path: p.path.clone(), blake3: p.file_hash.clone() },
             vars: serde_json::to_value(&p.vars).unwrap_or_default(),
             host: Host::current(),
-            runtime: describe_runtime(),
+            // The GPUs, and libtorch as the workers of this run found it.
+            runtime: runs.iter().fold(describe_gpus(), |mut facts, run| {
+                facts.extend(run.runtime.clone());
+                facts
+            }),
             runtime_options: Some(options.clone()),
             stages,
         }

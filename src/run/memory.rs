@@ -1,11 +1,12 @@
-//! Peak memory of this process. Resident memory: `VmHWM` in /proc/self/status, reset by writing
-//! `5` to /proc/self/clear_refs (Linux; elsewhere nothing is measured). Stages run in one
-//! process, so a stage's peak is the process's peak while it ran: its own when it ran alone (the
+//! Peak memory of a stage. Resident memory: `VmHWM` in /proc/self/status, reset by writing `5`
+//! to /proc/self/clear_refs (Linux; elsewhere nothing is measured). A model stage runs in a
+//! worker process of its own, which reports its peak when it ends; the other stages run in the
+//! runner, so their peak is the runner's while they ran: their own when they ran alone (the
 //! executor resets the mark when a stage starts with nothing else running), an upper bound when
 //! stages overlapped. GPU memory: sampled through NVML (the driver's library, loaded at run
 //! time; absent without an NVIDIA driver) every 20 ms while a GPU stage runs, on the GPU it is
-//! pinned to — what `nvidia-smi` shows for the process there, CUDA context and libtorch's cached
-//! blocks included.
+//! pinned to — what `nvidia-smi` shows for the stage's process there, CUDA context and
+//! libtorch's cached blocks included.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -30,15 +31,16 @@ pub fn peak_mb() -> Option<f64> {
     Some(kb.parse::<f64>().ok()? / 1024.0)
 }
 
-/// Samples this process's GPU memory on a thread until [`GpuSampler::stop`].
+/// Samples a process's GPU memory on a thread until [`GpuSampler::stop`].
 pub struct GpuSampler {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<u64>,
 }
 
 impl GpuSampler {
-    /// Starts sampling `gpu` (every GPU when `None`); `None` where NVML finds no NVIDIA GPU.
-    pub fn start(gpu: Option<&Gpu>) -> Option<GpuSampler> {
+    /// Starts sampling process `pid` on `gpu` (every GPU when `None`); `None` where NVML finds
+    /// no NVIDIA GPU.
+    pub fn start(gpu: Option<&Gpu>, pid: u32) -> Option<GpuSampler> {
         let nvml = Nvml::init().ok()?;
         if nvml.device_count().ok()? == 0 {
             return None;
@@ -47,7 +49,6 @@ impl GpuSampler {
         let flag = stop.clone();
         let gpu = gpu.map(|g| g.nvml.clone());
         let thread = std::thread::spawn(move || {
-            let pid = std::process::id();
             let devices: Vec<_> = match &gpu {
                 Some(NvmlId::Index(i)) => nvml.device_by_index(*i).into_iter().collect(),
                 Some(NvmlId::Uuid(u)) => nvml.device_by_uuid(u.as_str()).into_iter().collect(),
@@ -107,7 +108,7 @@ mod tests {
     #[test]
     fn without_an_nvidia_driver_gpu_memory_is_not_measured() {
         // On a machine with a GPU the sampler runs and reports a figure; here (CI) it is absent.
-        match GpuSampler::start(None) {
+        match GpuSampler::start(None, std::process::id()) {
             Some(s) => assert!(s.stop() >= 0.0),
             None => assert!(Nvml::init().is_err() || Nvml::init().unwrap().device_count().unwrap_or(0) == 0),
         }

@@ -153,12 +153,6 @@ fn describe(old: &Path, new: &Path, label: &str) -> String {
     format!("{label}: bytes differ ({} → {} bytes)", size(old), size(new))
 }
 
-#[cfg(feature = "torch")]
 fn weight_differences(old: &Path, new: &Path) -> Option<Vec<(String, f64)>> {
     sumflow_stages::tools::weight_differences(old, new).ok()
-}
-
-#[cfg(not(feature = "torch"))]
-fn weight_differences(_: &Path, _: &Path) -> Option<Vec<(String, f64)>> {
-    None
 }

@@ -44,6 +44,14 @@ pub enum StageError {
         /// What is wrong.
         message: String,
     },
+    /// Ranks of a stage running on several devices could not meet, or a collective failed (a
+    /// rank died or went silent past the timeout).
+    #[error("distributed: {0}")]
+    Distributed(String),
+    /// A model stage was asked to run where libtorch is not (the runner): it runs in
+    /// `sumflow-worker`, through [`crate::Registry::with_libtorch`].
+    #[error("model stages run in `sumflow-worker`, not here")]
+    NeedsLibtorch,
     /// Reading or writing Parquet failed.
     #[error("{}", path.display())]
     Parquet {

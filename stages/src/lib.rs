@@ -16,7 +16,10 @@
 //! generate, make_model                                                  (above t5/ and adapter)
 //! ```
 //!
-//! `data/`, `eval/` and `io/` build without libtorch; the rest needs the `torch` feature.
+//! Without the `torch` feature (the runner's build) every stage is declared — params, inputs,
+//! outputs, checks — but the model stages cannot run: `t5/config` and `t5/settings`,
+//! `torch/choice`, `train/params` and the stages' declarations build; their work needs libtorch
+//! and runs in `sumflow-worker`, the build with it.
 
 mod error;
 mod registry;
@@ -33,19 +36,22 @@ macro_rules! with_torch {
     ($($item:item)*) => { $( #[cfg(feature = "torch")] $item )* };
 }
 
+// The model stages: their params and declarations build without libtorch (the runner checks
+// and plans them); their work needs it.
+mod generate;
+mod make_model;
+mod t5;
+mod torch;
+mod train;
+
 with_torch! {
     mod adapter;
-    mod generate;
-    mod make_model;
-    mod t5;
-    mod torch;
-    mod train;
 }
 
 pub use error::{panic_message, StageError};
 pub use registry::{DynStage, Params, Registry};
 pub use runtime::{AttentionBackend, RuntimeOptions, DEFAULT_CUDA_ALLOC_CONF};
 pub use stage::{
-    ArtifactKind, FileInput, InputRef, InputSlot, NoProgress, OutputDecl, ParamError, Progress, Resource, Stage,
+    ArtifactKind, FileInput, InputRef, InputSlot, NoProgress, OutputDecl, ParamError, Progress, Ranks, Resource, Stage,
     StageContext, StageRecord,
 };

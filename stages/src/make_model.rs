@@ -3,18 +3,14 @@
 //! file or folder, written in Hugging Face's layout. It stands in for hub weights offline.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tch::{nn, Device};
 
 use crate::error::StageError;
-use crate::data::load::read_table;
 use crate::stage::{ArtifactKind, FileInput, InputSlot, OutputDecl, ParamError, Stage, StageContext};
 use crate::t5::config::T5Config;
-use crate::t5::model::T5;
-use crate::t5::weights;
 
 /// Params of `make-model`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -75,11 +71,16 @@ fn data_file(path: &str) -> PathBuf {
 }
 
 /// Writes the model folder into `out`: config, generation config, tokenizer, random weights.
-pub fn make_model(p: &MakeModelParams, out: &Path) -> Result<(), StageError> {
-    let config = T5Config::preset(&p.arch)
-        .ok_or_else(|| StageError::param("arch", format!("unknown arch `{}` (one of: {})", p.arch, T5Config::PRESETS.join(", "))))?;
+#[cfg(feature = "torch")]
+pub fn make_model(p: &MakeModelParams, out: &std::path::Path) -> Result<(), StageError> {
+    let config = T5Config::preset(&p.arch).ok_or_else(|| {
+        StageError::param("arch", format!("unknown arch `{}` (one of: {})", p.arch, T5Config::PRESETS.join(", ")))
+    })?;
+    use crate::t5::{model::T5, weights};
+    use tch::{nn, Device};
+
     let data = data_file(&p.tokenizer_data);
-    let table = read_table(&data, None)?;
+    let table = crate::data::load::read_table(&data, None)?;
     let mut texts = Vec::new();
     for col in &p.text_columns {
         texts.extend(table.column(col, &data.display().to_string())?.iter().cloned());
@@ -114,6 +115,13 @@ pub fn make_model(p: &MakeModelParams, out: &Path) -> Result<(), StageError> {
     )
 }
 
+/// Runs the stage (with libtorch: see [`crate::Registry::with_libtorch`]).
+#[cfg(feature = "torch")]
+pub fn run(p: &MakeModelParams, ctx: &StageContext) -> Result<(), StageError> {
+    ctx.progress.message("training the tokenizer and initializing weights");
+    make_model(p, &ctx.output_dir("model")?)
+}
+
 /// The `make-model` stage.
 pub struct MakeModel;
 
@@ -136,9 +144,11 @@ impl Stage for MakeModel {
     fn files(&self, p: &MakeModelParams) -> Vec<FileInput> {
         vec![FileInput { field: "tokenizer_data".into(), path: data_file(&p.tokenizer_data) }]
     }
-    fn run(&self, p: &MakeModelParams, ctx: &StageContext) -> Result<(), StageError> {
-        ctx.progress.message("training the tokenizer and initializing weights");
-        make_model(p, &ctx.output_dir("model")?)
+    fn needs_libtorch(&self) -> bool {
+        true
+    }
+    fn run(&self, _: &MakeModelParams, _: &StageContext) -> Result<(), StageError> {
+        Err(StageError::NeedsLibtorch)
     }
     fn summary(&self, p: &MakeModelParams, outputs: &BTreeMap<String, PathBuf>) -> Option<String> {
         let dir = outputs.get("model")?;

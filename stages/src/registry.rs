@@ -35,6 +35,10 @@ pub trait DynStage: Send + Sync {
     fn files(&self, p: &Params) -> Vec<FileInput>;
     /// See [`Stage::resource`].
     fn resource(&self, p: &Params) -> Resource;
+    /// See [`Stage::needs_libtorch`].
+    fn needs_libtorch(&self) -> bool;
+    /// See [`Stage::distributed`].
+    fn distributed(&self) -> bool;
     /// See [`Stage::runtime_in_key`].
     fn runtime_in_key(&self) -> bool;
     /// The JSON schema of the stage's params (types, defaults, doc comments).
@@ -47,7 +51,10 @@ pub trait DynStage: Send + Sync {
     fn summary(&self, p: &Params, outputs: &BTreeMap<String, PathBuf>) -> Option<String>;
 }
 
-struct Wrapped<S>(S);
+/// How a stage runs where its own `run` cannot (model stages in a build with libtorch).
+type RunFn<P> = fn(&P, &StageContext) -> Result<(), StageError>;
+
+struct Wrapped<S: Stage>(S, Option<RunFn<S::Params>>);
 
 impl<S: Stage> Wrapped<S> {
     fn typed<'p>(&self, p: &'p Params) -> &'p S::Params {
@@ -91,6 +98,12 @@ impl<S: Stage> DynStage for Wrapped<S> {
     fn resource(&self, p: &Params) -> Resource {
         self.0.resource(self.typed(p))
     }
+    fn needs_libtorch(&self) -> bool {
+        self.0.needs_libtorch()
+    }
+    fn distributed(&self) -> bool {
+        self.0.distributed()
+    }
     fn runtime_in_key(&self) -> bool {
         self.0.runtime_in_key()
     }
@@ -101,7 +114,10 @@ impl<S: Stage> DynStage for Wrapped<S> {
         self.0.volatile_files()
     }
     fn run(&self, p: &Params, ctx: &StageContext) -> Result<(), StageError> {
-        self.0.run(self.typed(p), ctx)
+        match self.1 {
+            Some(run) => run(self.typed(p), ctx),
+            None => self.0.run(self.typed(p), ctx),
+        }
     }
     fn summary(&self, p: &Params, outputs: &BTreeMap<String, PathBuf>) -> Option<String> {
         self.0.summary(self.typed(p), outputs)
@@ -120,7 +136,9 @@ impl Registry {
         Self::default()
     }
 
-    /// Every built-in stage.
+    /// Every built-in stage, as the runner knows them: the model stages are declared (params,
+    /// inputs, outputs, checks) but cannot run here; nothing of libtorch is reached from this
+    /// registry, so the runner's binary does not link it.
     pub fn builtin() -> Self {
         let mut r = Registry::new();
         r.add(crate::data::load::Load);
@@ -129,28 +147,40 @@ impl Registry {
         r.add(crate::data::tokenize::Tokenize);
         r.add(crate::eval::score::Score);
         r.add(crate::eval::report::Report);
-        #[cfg(feature = "torch")]
-        {
-            r.add(crate::make_model::MakeModel);
-            r.add(crate::generate::Generate);
-            r.add(crate::train::TrainFull);
-            r.add(crate::train::TrainLora);
-        }
+        r.add(crate::make_model::MakeModel);
+        r.add(crate::generate::Generate);
+        r.add(crate::train::TrainFull);
+        r.add(crate::train::TrainLora);
+        r
+    }
+
+    /// Every built-in stage, the model stages able to run: the worker's registry (a build with
+    /// libtorch).
+    #[cfg(feature = "torch")]
+    pub fn with_libtorch() -> Self {
+        let mut r = Registry::builtin();
+        r.add_with(crate::make_model::MakeModel, crate::make_model::run);
+        r.add_with(crate::generate::Generate, crate::generate::run);
+        r.add_with(crate::train::TrainFull, crate::train::run::<crate::train::TrainFull>);
+        r.add_with(crate::train::TrainLora, crate::train::run::<crate::train::TrainLora>);
         r
     }
 
     /// Adds a stage; a second stage of the same kind replaces the first.
     pub fn add<S: Stage>(&mut self, stage: S) {
-        self.stages.insert(S::KIND, Box::new(Wrapped(stage)));
+        self.stages.insert(S::KIND, Box::new(Wrapped(stage, None)));
+    }
+
+    /// Adds a stage that runs with `run` instead of its own [`Stage::run`].
+    #[cfg(feature = "torch")]
+    fn add_with<S: Stage>(&mut self, stage: S, run: RunFn<S::Params>) {
+        self.stages.insert(S::KIND, Box::new(Wrapped(stage, Some(run))));
     }
 
     /// The stage of `kind`, if registered.
     pub fn get(&self, kind: &str) -> Option<&dyn DynStage> {
         self.stages.get(kind).map(|s| s.as_ref())
     }
-
-    /// Kinds that exist only in builds with the `torch` feature.
-    pub const TORCH_KINDS: [&'static str; 4] = ["make-model", "generate", "train-full", "train-lora"];
 
     /// All kinds, sorted.
     pub fn kinds(&self) -> impl Iterator<Item = &'static str> + '_ {

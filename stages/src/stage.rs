@@ -182,6 +182,9 @@ pub trait Progress: Send + Sync {
     /// Something the user should know that does not stop the stage (a damaged checkpoint
     /// discarded, CUDA graphs given up): shown whatever the display.
     fn warn(&self, msg: &str);
+    /// A line the stage's process wrote on its own (a worker's stderr: libtorch's warnings, a
+    /// `--profile` report), shown as it is.
+    fn log(&self, _line: &str) {}
 }
 
 /// A `Progress` that ignores everything (library use and tests).
@@ -212,6 +215,23 @@ pub struct StageRecord {
     pub stats: BTreeMap<String, f64>,
 }
 
+/// This process's place among the processes running one stage together (`devices:` above 1):
+/// its rank, how many there are, and where rank 0 serves the store they meet in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ranks {
+    /// This process's rank, from 0; rank 0 writes the outputs and checkpoints.
+    pub rank: usize,
+    /// How many processes run the stage.
+    pub world: usize,
+    /// The address rank 0's store listens on (and each rank's own, on one machine).
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// How long a rank waits for the others (to meet, in a collective) before the stage fails.
+    pub timeout_s: u64,
+}
+
 /// Everything a running stage may touch: its inputs, its output folders, a work folder, and the
 /// process's runtime options.
 pub struct StageContext<'a> {
@@ -228,6 +248,8 @@ pub struct StageContext<'a> {
     /// The CUDA device the runner pinned this stage to (its index among the visible ones), for
     /// a `Gpu` stage on a machine with GPUs.
     pub gpu: Option<usize>,
+    /// With `devices:` above 1, this process's place among the stage's processes.
+    pub ranks: Option<Ranks>,
     stats: std::sync::Mutex<BTreeMap<String, f64>>,
     warnings: std::sync::Mutex<Vec<String>>,
     upstream: Vec<StageRecord>,
@@ -251,6 +273,7 @@ impl<'a> StageContext<'a> {
             work_dir,
             progress,
             gpu: None,
+            ranks: None,
             stats: Default::default(),
             warnings: Default::default(),
             upstream: Vec::new(),
@@ -267,6 +290,17 @@ impl<'a> StageContext<'a> {
     pub fn on_gpu(mut self, gpu: Option<usize>) -> Self {
         self.gpu = gpu;
         self
+    }
+
+    /// The same context, as one of several processes running the stage.
+    pub fn with_ranks(mut self, ranks: Option<Ranks>) -> Self {
+        self.ranks = ranks;
+        self
+    }
+
+    /// Whether this process writes the stage's outputs: the only one, or rank 0.
+    pub fn writes_outputs(&self) -> bool {
+        self.ranks.as_ref().is_none_or(|r| r.rank == 0)
     }
 
     /// How the stages upstream of this one went in this run.
@@ -342,6 +376,17 @@ pub trait Stage: Send + Sync + 'static {
     /// The resource class of this stage.
     fn resource(&self, _params: &Self::Params) -> Resource {
         Resource::Cpu
+    }
+    /// Whether the stage can run on several devices at once (`devices:` in a pipeline): one
+    /// process per device, meeting through [`StageContext::ranks`].
+    fn distributed(&self) -> bool {
+        false
+    }
+    /// Whether the stage computes with libtorch: the runner then runs it in a worker process
+    /// (`sumflow-worker`, the build with libtorch), so the runner itself never loads it and a
+    /// crash in libtorch fails this stage only.
+    fn needs_libtorch(&self) -> bool {
+        false
     }
     /// Whether the runtime options that change numbers ([`RuntimeOptions::key`]: the attention
     /// backend, cuDNN attention) enter this stage's cache key: true for stages that compute with

@@ -144,7 +144,12 @@ impl T5Config {
         range("num_layers", self.num_layers, 1, 128);
         range("num_decoder_layers", self.decoder_layers(), 1, 128);
         range("relative_attention_num_buckets", self.relative_attention_num_buckets, 4, 1024);
-        range("relative_attention_max_distance", self.relative_attention_max_distance, self.relative_attention_num_buckets, 1 << 20);
+        range(
+            "relative_attention_max_distance",
+            self.relative_attention_max_distance,
+            self.relative_attention_num_buckets,
+            1 << 20,
+        );
         for (field, id) in [
             ("decoder_start_token_id", self.decoder_start_token_id),
             ("pad_token_id", self.pad_token_id),
@@ -159,7 +164,10 @@ impl T5Config {
             out.push(format!("`layer_norm_epsilon` is {}; it must be above 0", self.layer_norm_epsilon));
         }
         if !matches!(self.feed_forward_proj.as_str(), "relu" | "gated-gelu") {
-            out.push(format!("`feed_forward_proj` is `{}`: this T5 has `relu` or `gated-gelu`", self.feed_forward_proj));
+            out.push(format!(
+                "`feed_forward_proj` is `{}`: this T5 has `relu` or `gated-gelu`",
+                self.feed_forward_proj
+            ));
         }
         out
     }

@@ -3,8 +3,7 @@
 //! ones' rows busy. [`greedy_fixed`] is greedy decoding with shapes that never change, for CUDA
 //! graphs.
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+
 use tch::{Device, Kind, Tensor};
 
 use super::attention::KEY_MULTIPLE;
@@ -13,37 +12,7 @@ use super::model::T5;
 use crate::error::StageError;
 use crate::torch::cuda_graph::Graph;
 
-/// How the next token is chosen.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase", tag = "strategy", deny_unknown_fields)]
-pub enum Strategy {
-    /// The most likely token.
-    Greedy,
-    /// A token drawn from the softmax at `temperature`, among the `top_k` most likely (0: all).
-    Sample {
-        /// Softmax temperature.
-        #[serde(default = "one")]
-        temperature: f64,
-        /// Keep only this many candidates (0 keeps all).
-        #[serde(default)]
-        top_k: i64,
-        /// RNG seed.
-        #[serde(default)]
-        seed: i64,
-    },
-    /// The best of `num_beams` hypotheses by log-probability / length^`length_penalty`.
-    Beam {
-        /// Beams per input.
-        num_beams: i64,
-        /// Length normalization exponent (transformers' default 1.0).
-        #[serde(default = "one")]
-        length_penalty: f64,
-    },
-}
-
-fn one() -> f64 {
-    1.0
-}
+pub use super::settings::Strategy;
 
 /// Generates up to `max_new_tokens` for each row of a padded batch; each result ends with EOS
 /// unless the limit cut it short, and excludes the decoder start token.

@@ -138,26 +138,3 @@ pub fn refuse_pickle(dir: &Path) -> Result<(), StageError> {
     Ok(())
 }
 
-/// Per tensor of two safetensors files: the largest absolute difference (tensors missing from
-/// either file, or of another shape, count as infinitely different).
-pub fn differences(a: &Path, b: &Path) -> Result<Vec<(String, f64)>, StageError> {
-    let read = |p: &Path| -> Result<HashMap<String, Tensor>, StageError> {
-        Ok(Tensor::read_safetensors(p).map_err(|e| tch_err(p, e))?.into_iter().collect())
-    };
-    let (x, y) = (read(a)?, read(b)?);
-    let mut names: Vec<&String> = x.keys().chain(y.keys()).collect();
-    names.sort();
-    names.dedup();
-    Ok(names
-        .into_iter()
-        .map(|n| {
-            let d = match (x.get(n), y.get(n)) {
-                (Some(p), Some(q)) if p.size() == q.size() => {
-                    (p.to_kind(Kind::Double) - q.to_kind(Kind::Double)).abs().max().double_value(&[])
-                }
-                _ => f64::INFINITY,
-            };
-            (n.clone(), d)
-        })
-        .collect())
-}

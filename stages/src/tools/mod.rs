@@ -8,6 +8,7 @@
 pub use crate::eval::score::{ReferenceMode, ScoreParams, ScoreReport};
 pub use crate::io::atomic::{atomic_write, sync_dir, sync_tree};
 pub use crate::io::digest::{file_digest, tree_digest, TreeDigest};
+pub use crate::io::weights_diff::differences as weight_differences;
 
 #[cfg(feature = "torch")]
 mod bench;
@@ -17,7 +18,7 @@ mod models;
 #[cfg(feature = "torch")]
 pub use bench::{bench, BenchReport, BenchSettings, Figures, PeakMemory};
 #[cfg(feature = "torch")]
-pub use models::{make_model, merge, params, summarize, summarize_file, weight_differences, ParamCount};
+pub use models::{make_model, merge, params, summarize, summarize_file, ParamCount};
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -33,14 +34,18 @@ pub fn score_file(path: &Path, p: &ScoreParams) -> Result<ScoreReport, StageErro
 }
 
 /// libtorch, CUDA and GPU facts, by name: the libtorch actually loaded (its version and CUDA
-/// version, read from `version.py` beside the library), CUDA devices, GPU names from the
-/// NVIDIA driver.
+/// version, read from `version.py` beside the library), CUDA devices, and [`describe_gpus`].
+#[cfg(feature = "torch")]
 pub fn describe_runtime() -> BTreeMap<String, String> {
+    let mut out = crate::torch::device::describe();
+    out.extend(describe_gpus());
+    out
+}
+
+/// The GPUs' names as the NVIDIA driver gives them (`gpus`; nothing without a driver). Needs
+/// no libtorch.
+pub fn describe_gpus() -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    #[cfg(feature = "torch")]
-    out.extend(crate::torch::device::describe());
-    #[cfg(not(feature = "torch"))]
-    out.insert("libtorch".into(), "not built in (no `torch` feature)".into());
     let gpus: Vec<String> = std::fs::read_dir("/proc/driver/nvidia/gpus")
         .into_iter()
         .flatten()

@@ -247,8 +247,3 @@ pub fn summarize_file(
     out.write_file(output, format)?;
     Ok(out.num_rows())
 }
-
-/// Per tensor of two safetensors files, the largest absolute difference (`audit --reproduce`).
-pub fn weight_differences(a: &Path, b: &Path) -> Result<Vec<(String, f64)>, StageError> {
-    crate::t5::weights::differences(a, b)
-}

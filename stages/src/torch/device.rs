@@ -6,41 +6,13 @@
 
 use std::collections::BTreeMap;
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+
 use tch::{Device, Kind};
 
 use crate::error::StageError;
 use crate::runtime::RuntimeOptions;
 
-/// The `device` param.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceChoice {
-    /// CUDA when available, else CPU.
-    #[default]
-    Auto,
-    /// The CPU.
-    Cpu,
-    /// A CUDA device (an error if there is none): the one the runner pinned the stage to, else
-    /// the first.
-    Cuda,
-}
-
-/// The `dtype` param.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum DtypeChoice {
-    /// bf16 on CUDA, fp32 on CPU.
-    #[default]
-    Auto,
-    /// 32-bit floats.
-    Fp32,
-    /// bfloat16.
-    Bf16,
-    /// float16: T5 overflows to NaN in it; refused unless `force_fp16`.
-    Fp16,
-}
+pub use super::choice::{DeviceChoice, DtypeChoice};
 
 /// Resolves the device: on CUDA, device `gpu` (the runner's pin; the first when `None`), after
 /// applying the process-wide settings of `options`.

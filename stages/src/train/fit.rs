@@ -25,6 +25,7 @@ use crate::t5::model::T5;
 use crate::t5::weights;
 use crate::torch::autocast;
 use crate::torch::cuda_graph::CudaGraphs;
+use crate::torch::dist::Group;
 use crate::torch::profile::StepProfile;
 use crate::torch::trace::StepTrace;
 
@@ -45,7 +46,22 @@ pub fn fit(
     let device = b.trainable().device();
     let peak_lr = p.lr.expect("defaults filled");
     let mut opt = optimizer(b, p, device);
-    let mut stepper = Stepper::new(p, device)?;
+    // On several devices: every rank starts from rank 0's weights, takes its share of each
+    // batch, and adds its gradients to the others' before the (identical) update.
+    let group = match &ctx.ranks {
+        Some(ranks) if ranks.world > 1 => Some(Group::join(ranks)?),
+        _ => None,
+    };
+    if let Some(g) = &group {
+        opt.broadcast_weights(g)?;
+        ctx.record("devices", g.world as f64);
+        // Ranks on one CPU share its cores rather than each taking them all.
+        if device == Device::Cpu {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            tch::set_num_threads((cores / g.world).max(1) as i32);
+        }
+    }
+    let mut stepper = Stepper::new(p, device, group)?;
     let mut epochs = Epochs::new(train, p, stepper.graphed());
     // Like transformers' Trainer, `max_steps` overrides the epochs.
     let total = p.max_steps.unwrap_or(epochs.batches.len() as u64 * p.epochs);
@@ -64,11 +80,13 @@ pub fn fit(
         let tokens: usize = rows.iter().map(|&r| train.input_ids[r].len() + train.labels[r].len()).sum();
         hooks.step_begins();
         let t0 = Instant::now();
-        let batch = Collated::new(train, rows, layout, device);
+        let share = Share::of(train, rows, stepper.group.as_ref());
+        let batch = (!share.rows.is_empty()).then(|| Collated::new(train, &share.rows, layout, device));
         hooks.mark("batch");
         // The schedule counts optimizer steps; a batch whose loss is not finite is not one.
         let lr = linear_schedule(progress.step, p.warmup_steps, total, peak_lr);
-        let (loss, captured) = stepper.step(&b.model, &mut opt, p, &batch, progress.step, lr, &mut hooks, ctx);
+        let (loss, captured) =
+            stepper.step(&b.model, &mut opt, p, batch.as_ref(), share.weight, progress.step, lr, &mut hooks, ctx)?;
         let seconds = t0.elapsed().as_secs_f64();
         spent.step(seconds, captured);
         progress.batch += 1;
@@ -83,7 +101,7 @@ pub fn fit(
         if cadence.validation_due(p, &progress) && validation.is_some() {
             spent.validation += timed(|| progress.validation.push((progress.step, validation_loss(b, validation, p))));
         }
-        if cadence.checkpoint_due(p, &progress, total) {
+        if cadence.checkpoint_due(p, &progress, total) && ctx.writes_outputs() {
             let t = Instant::now();
             checkpoints.save(&opt, &progress)?;
             spent.checkpoints += t.elapsed().as_secs_f64();
@@ -175,16 +193,21 @@ impl<'a> Epochs<'a> {
 struct Stepper {
     device: Device,
     graphs: Option<CudaGraphs>,
+    /// The ranks training together, on several devices.
+    group: Option<Group>,
+    /// Seconds spent in the ranks' collectives.
+    reducing: f64,
     taken: u64,
 }
 
 impl Stepper {
-    fn new(p: &TrainParams, device: Device) -> Result<Self, StageError> {
+    fn new(p: &TrainParams, device: Device, group: Option<Group>) -> Result<Self, StageError> {
         let graphs = match device {
-            Device::Cuda(_) if p.cuda_graphs => Some(CudaGraphs::new(device)?),
+            // A graph cannot hold the collectives between backward and the update.
+            Device::Cuda(_) if p.cuda_graphs && group.is_none() => Some(CudaGraphs::new(device)?),
             _ => None,
         };
-        Ok(Stepper { device, graphs, taken: 0 })
+        Ok(Stepper { device, graphs, group, reducing: 0.0, taken: 0 })
     }
 
     fn graphed(&self) -> bool {
@@ -195,25 +218,36 @@ impl Stepper {
         self.graphs.as_ref().map_or(0, CudaGraphs::captured)
     }
 
-    /// Step `step` (from 0) on `batch` at learning rate `lr`: its loss, read once the whole
-    /// step is issued (the step's one wait for the device), and whether it captured a new shape.
-    /// A non-finite loss (or gradient) skipped the update on the device.
+    /// Step `step` (from 0) on `batch` (this rank's share of it, `weight` of its label tokens;
+    /// none when the share is empty) at learning rate `lr`: its loss, read once the whole step
+    /// is issued (the step's one wait for the device), and whether it captured a new shape. A
+    /// non-finite loss (or gradient) skipped the update on the device.
     #[allow(clippy::too_many_arguments)]
     fn step(
         &mut self,
         model: &T5,
         opt: &mut AdamW,
         p: &TrainParams,
-        batch: &Collated,
+        batch: Option<&Collated>,
+        weight: f64,
         step: u64,
         lr: f64,
         hooks: &mut Hooks,
         ctx: &StageContext,
-    ) -> (f64, bool) {
+    ) -> Result<(f64, bool), StageError> {
         self.taken += 1;
         let device = self.device;
-        seed_step(p, step);
+        seed_step(p, step, self.group.as_ref().map_or(0, |g| g.rank));
         opt.prepare(lr);
+        if let Some(group) = &self.group {
+            let mark = &mut |phase| hooks.mark(phase);
+            let (loss, reducing) = issue_shared_step(model, opt, p, device, batch, weight, group, mark)?;
+            self.reducing += reducing;
+            let value = loss.double_value(&[]);
+            hooks.mark("loss read");
+            return Ok((value, false));
+        }
+        let batch = batch.expect("one process takes the whole batch");
         let before = self.captured();
         let graphed = match &mut self.graphs {
             // The run's first step is eager: libtorch sets up cuBLAS and autograd's device
@@ -231,15 +265,84 @@ impl Stepper {
                     // dropout draws, and so are the rest.
                     ctx.warn(format!("step {}: `cuda_graphs`: {e}; training goes on without CUDA graphs", step + 1));
                     self.graphs = None;
-                    seed_step(p, step);
+                    seed_step(p, step, 0);
                 }
                 issue_step(model, opt, p, device, batch, &mut |phase| hooks.mark(phase))
             }
         };
         let value = loss.double_value(&[]);
         hooks.mark("loss read");
-        (value, self.captured() > before)
+        Ok((value, self.captured() > before))
     }
+}
+
+/// This rank's part of a batch: its rows and the fraction of the batch's label tokens they hold
+/// (the whole batch, weight 1, for one process).
+struct Share {
+    rows: Vec<usize>,
+    weight: f64,
+}
+
+impl Share {
+    /// Rank `group.rank`'s share of `rows`: the rows cut into one run per rank, in order, with
+    /// about as many tokens each.
+    fn of(tokens: &TokenTable, rows: &[usize], group: Option<&Group>) -> Share {
+        let Some(g) = group else { return Share { rows: rows.to_vec(), weight: 1.0 } };
+        let size = |r: usize| tokens.input_ids[r].len() + tokens.labels[r].len();
+        let total: usize = rows.iter().map(|&r| size(r)).sum();
+        let (mut mine, mut seen) = (Vec::new(), 0usize);
+        for &r in rows {
+            // The rank whose stretch of tokens this row's middle falls in.
+            let middle = seen * 2 + size(r);
+            let rank = (middle * g.world / (2 * total.max(1))).min(g.world - 1);
+            if rank == g.rank {
+                mine.push(r);
+            }
+            seen += size(r);
+        }
+        let labels = |rows: &[usize]| rows.iter().map(|&r| tokens.labels[r].len()).sum::<usize>();
+        let weight = labels(&mine) as f64 / labels(rows).max(1) as f64;
+        Share { rows: mine, weight }
+    }
+}
+
+/// One step as one of several ranks: backward on this rank's share of the batch, its loss
+/// weighted by its share of the label tokens, the gradients summed over the ranks — so every
+/// rank holds the gradient of the whole batch's token-mean loss, as one process would — then
+/// the same clipping and update everywhere. Returns the whole batch's loss, and the seconds the
+/// collectives took.
+#[allow(clippy::too_many_arguments)]
+fn issue_shared_step(
+    model: &T5,
+    opt: &mut AdamW,
+    p: &TrainParams,
+    device: Device,
+    batch: Option<&Collated>,
+    weight: f64,
+    group: &Group,
+    mark: &mut dyn FnMut(&'static str),
+) -> Result<(Tensor, f64), StageError> {
+    let mut loss = match batch {
+        Some(batch) => {
+            let loss = autocast::bf16(device, p.autocast(device), || batch.loss(model, true)) * weight;
+            mark("forward");
+            loss.backward();
+            mark("backward");
+            loss.detach().to_kind(Kind::Float)
+        }
+        // A batch with fewer rows than ranks: this one adds nothing.
+        None => Tensor::zeros([], (Kind::Float, device)),
+    };
+    let t = Instant::now();
+    opt.sum_gradients(group)?;
+    group.sum(&mut loss)?;
+    let reducing = t.elapsed().as_secs_f64();
+    mark("all-reduce");
+    let _norm = opt.clip_grad_norm(p.grad_clip);
+    opt.apply(&loss);
+    opt.zero_grad();
+    mark("clip, update");
+    Ok((loss, reducing))
 }
 
 /// Issues one training step on `batch` — forward, backward, clipping, the update `opt` was
@@ -264,10 +367,11 @@ fn issue_step(
     loss
 }
 
-/// Seeds the generator dropout draws from for step `step` (from 0), so that a resumed run, or a
-/// step taken again, repeats its draws exactly.
-fn seed_step(p: &TrainParams, step: u64) {
-    tch::manual_seed((p.seed as i64).wrapping_mul(7919).wrapping_add(step as i64));
+/// Seeds the generator dropout draws from for step `step` (from 0) on rank `rank`, so that a
+/// resumed run, or a step taken again, repeats its draws exactly, and no two ranks share masks.
+fn seed_step(p: &TrainParams, step: u64, rank: usize) {
+    let seed = (p.seed as i64).wrapping_mul(7919).wrapping_add(step as i64);
+    tch::manual_seed(seed.wrapping_add((rank as i64) << 40));
 }
 
 /// The runtime's observers of the steps, both passive and both optional: a per-phase profile
@@ -430,6 +534,9 @@ impl Spent {
         ctx.record("checkpoint_seconds", self.checkpoints);
         if stepper.graphed() {
             ctx.record("graph_shapes", stepper.captured() as f64);
+        }
+        if stepper.group.is_some() {
+            ctx.record("all_reduce_seconds", stepper.reducing);
         }
     }
 }

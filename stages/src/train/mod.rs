@@ -11,30 +11,31 @@
 //! artifact     the weights and the training record the stage writes
 //! ```
 
-pub mod artifact;
-pub mod batches;
-pub mod checkpoints;
-pub mod fit;
-pub mod model;
-pub mod optim;
-pub mod packing;
 pub mod params;
-pub mod shapes;
 
-#[cfg(test)]
+with_torch! {
+    pub mod artifact;
+    pub mod batches;
+    pub mod checkpoints;
+    pub mod fit;
+    pub mod model;
+    pub mod optim;
+    pub mod packing;
+    pub mod shapes;
+}
+
+#[cfg(all(test, feature = "torch"))]
 mod parity_tests;
-#[cfg(test)]
+#[cfg(all(test, feature = "torch"))]
 mod tests;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Instant;
 
-use crate::data::tokenize::TokenTable;
 use crate::error::StageError;
 use crate::io::model_ref;
 use crate::stage::{ArtifactKind, FileInput, InputSlot, OutputDecl, ParamError, Resource, Stage, StageContext};
-use crate::torch::device::{self, DeviceChoice};
+use crate::torch::choice::DeviceChoice;
 use params::{Method, TrainParams};
 
 /// The `train-full` stage.
@@ -110,14 +111,20 @@ impl<T: Trainer> Stage for T {
             Resource::Gpu
         }
     }
+    fn needs_libtorch(&self) -> bool {
+        true
+    }
+    fn distributed(&self) -> bool {
+        true
+    }
     fn runtime_in_key(&self) -> bool {
         true
     }
     fn volatile_files(&self) -> &'static [&'static str] {
         &["training/throughput.csv"]
     }
-    fn run(&self, p: &TrainParams, ctx: &StageContext) -> Result<(), StageError> {
-        run(T::METHOD, T::OUTPUT.0, p, ctx)
+    fn run(&self, _: &TrainParams, _: &StageContext) -> Result<(), StageError> {
+        Err(StageError::NeedsLibtorch)
     }
     fn summary(&self, _: &TrainParams, outputs: &BTreeMap<String, PathBuf>) -> Option<String> {
         let d = outputs.get(T::OUTPUT.0)?.join("training");
@@ -135,8 +142,15 @@ impl<T: Trainer> Stage for T {
     }
 }
 
-/// Runs either stage: build the model for the method, train it, write the artifact.
-fn run(method: Method, output: &str, p: &TrainParams, ctx: &StageContext) -> Result<(), StageError> {
+/// Runs either stage (with libtorch: see [`crate::Registry::with_libtorch`]): build the model
+/// for the method, train it, write the artifact.
+#[cfg(feature = "torch")]
+pub fn run<T: Trainer>(p: &TrainParams, ctx: &StageContext) -> Result<(), StageError> {
+    let (method, output) = (T::METHOD, T::OUTPUT.0);
+    use crate::data::tokenize::TokenTable;
+    use crate::torch::device;
+    use std::time::Instant;
+
     let start = Instant::now();
     let device = device::device(p.device, ctx.runtime, ctx.gpu)?;
     let dir = model_ref::resolve(&p.model, ctx)?;
@@ -158,6 +172,10 @@ fn run(method: Method, output: &str, p: &TrainParams, ctx: &StageContext) -> Res
     ctx.record("all_parameters", total as f64);
     if let Some((_, l, _, _)) = progress.losses.last() {
         ctx.record("final_loss", *l);
+    }
+    // With several ranks, rank 0 writes the artifact (all hold the same weights).
+    if !ctx.writes_outputs() {
+        return Ok(());
     }
     let out = ctx.output_dir(output)?;
     let t = Instant::now();

@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::StageError;
+use crate::torch::dist::Group;
 
 /// AdamW over named parameters.
 pub struct AdamW {
@@ -193,6 +194,25 @@ impl AdamW {
     /// not count.
     pub fn skipped(&mut self) {
         self.step -= 1;
+    }
+
+    /// Makes every rank's weights rank 0's (the optimizer's state is fresh, or resumed from the
+    /// same checkpoint, on every rank).
+    pub fn broadcast_weights(&mut self, group: &Group) -> Result<(), StageError> {
+        group.broadcast(&mut self.flat, 0)?;
+        if let Some(copy) = &self.copy {
+            tch::no_grad(|| copy.shallow_clone().copy_(&self.flat));
+        }
+        Ok(())
+    }
+
+    /// Sums the gradients over the ranks, in place: one collective over the flat buffer.
+    pub fn sum_gradients(&mut self, group: &Group) -> Result<(), StageError> {
+        group.sum(&mut self.grad)?;
+        if let Some((_, fresh)) = &mut self.grad32 {
+            *fresh = false;
+        }
+        Ok(())
     }
 
     /// Clears the gradients.

@@ -3,12 +3,11 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tch::Device;
 
 use crate::io::model_ref;
 use crate::stage::{InputRef, ParamError};
-use crate::t5::lora::LoraSettings;
-use crate::torch::device::{DeviceChoice, DtypeChoice};
+use crate::t5::settings::LoraSettings;
+use crate::torch::choice::{DeviceChoice, DtypeChoice};
 
 /// Params of `train-full` and `train-lora`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -148,6 +147,7 @@ pub enum Method {
 
 /// How a training step computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg(feature = "torch")]
 pub enum Precision {
     /// fp32 throughout.
     Fp32,
@@ -192,7 +192,8 @@ impl TrainParams {
     }
 
     /// How steps compute on `device`.
-    pub fn precision(&self, device: Device) -> Precision {
+    #[cfg(feature = "torch")]
+    pub fn precision(&self, device: tch::Device) -> Precision {
         let bf16 = match self.dtype {
             DtypeChoice::Auto => device.is_cuda(),
             DtypeChoice::Bf16 => true,
@@ -206,7 +207,8 @@ impl TrainParams {
     }
 
     /// Whether the forward pass runs under bf16 autocast on `device`.
-    pub fn autocast(&self, device: Device) -> bool {
+    #[cfg(feature = "torch")]
+    pub fn autocast(&self, device: tch::Device) -> bool {
         self.precision(device) == Precision::Autocast
     }
 }
@@ -226,8 +228,6 @@ impl Method {
         }
     }
 }
-
-
 
 /// The params' problems for `method`, before anything runs (also for `sumflow bench`).
 pub fn check(method: Method, p: &TrainParams) -> Vec<ParamError> {

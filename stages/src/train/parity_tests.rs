@@ -202,8 +202,10 @@ fn lora_adapter_loads_in_peft_with_the_same_logits_and_merges_to_the_same_summar
 fn rslora_matches_peft_and_unsupported_adapter_fields_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (model, tokens) = setup(dir.path());
-    let mut p =
-        params(&model, "max_steps: 3\nlr: 0.01\nlora: {r: 4, alpha: 8, dropout: 0.0, rslora: true}\ncheckpoint_every: 0\n");
+    let mut p = params(
+        &model,
+        "max_steps: 3\nlr: 0.01\nlora: {r: 4, alpha: 8, dropout: 0.0, rslora: true}\ncheckpoint_every: 0\n",
+    );
     (p.lr, p.weight_decay) = (Some(0.01), Some(0.0));
     let b = build(Method::Lora, &model, &p, Device::Cpu, &RUNTIME).unwrap();
     fit(&b, &tokens, None, &p, &dir.path().join("work"), &ctx(dir.path())).unwrap();
@@ -217,7 +219,13 @@ fn rslora_matches_peft_and_unsupported_adapter_fields_are_refused() {
     let batch = dir.path().join("batch.json");
     let (x, mask, y) = batch_json(&tokens, &[0, 1, 2], &batch);
     let out = dir.path().join("peft");
-    python(&["peft", model.to_str().unwrap(), adapter.to_str().unwrap(), batch.to_str().unwrap(), out.to_str().unwrap()]);
+    python(&[
+        "peft",
+        model.to_str().unwrap(),
+        adapter.to_str().unwrap(),
+        batch.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
     let reference = &Tensor::read_safetensors(out.with_extension("safetensors")).unwrap()[0].1;
     let logits = |adapter: &Path| {
         let mut m = loader::load(&model, Device::Cpu, Kind::Float).unwrap();

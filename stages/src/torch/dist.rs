@@ -1,0 +1,213 @@
+//! Several processes training one model together, over PyTorch's c10d (what
+//! `torch.distributed` drives from Python): a TCPStore to meet, and a Gloo process group for
+//! the collectives, through the C++ shim `csrc/dist.cpp` (tch 0.24 binds none of it). Every
+//! collective blocks until it is done; a peer that died or went silent past the group's timeout
+//! comes back as an error, never a hang.
+
+#![allow(unsafe_code)] // calls into the shim: handles, tensors and an error buffer
+
+use std::ffi::{c_void, CString};
+use std::os::raw::{c_char, c_int, c_longlong, c_uchar};
+use std::time::Duration;
+
+use tch::Tensor;
+
+use crate::error::StageError;
+use crate::stage::Ranks;
+
+extern "C" {
+    fn sumflow_store_tcp(
+        host: *const c_char,
+        port: c_int,
+        world_size: c_int,
+        is_master: c_int,
+        timeout_ms: c_longlong,
+        prefix: *const c_char,
+        err: *mut c_char,
+        len: usize,
+    ) -> *mut c_void;
+    fn sumflow_store_set(
+        store: *mut c_void,
+        key: *const c_char,
+        data: *const c_uchar,
+        n: usize,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
+    fn sumflow_store_get(
+        store: *mut c_void,
+        key: *const c_char,
+        out: *mut *mut c_uchar,
+        out_len: *mut usize,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
+    fn sumflow_dist_free(p: *mut c_void);
+    fn sumflow_store_free(store: *mut c_void);
+    fn sumflow_pg_gloo(
+        store: *mut c_void,
+        rank: c_int,
+        size: c_int,
+        timeout_ms: c_longlong,
+        hostname: *const c_char,
+        err: *mut c_char,
+        len: usize,
+    ) -> *mut c_void;
+    fn sumflow_pg_allreduce(pg: *mut c_void, t: *mut c_void, op: c_int, err: *mut c_char, len: usize) -> c_int;
+    fn sumflow_pg_broadcast(pg: *mut c_void, t: *mut c_void, root: c_int, err: *mut c_char, len: usize) -> c_int;
+    fn sumflow_pg_free(pg: *mut c_void);
+}
+
+/// Runs a shim call with an error buffer; libtorch's message on failure.
+fn call<T>(what: &str, f: impl FnOnce(*mut c_char, usize) -> (T, bool)) -> Result<T, StageError> {
+    let mut buf = vec![0u8; 4096];
+    let (value, ok) = f(buf.as_mut_ptr().cast(), buf.len());
+    if ok {
+        return Ok(value);
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let text = String::from_utf8_lossy(&buf[..end]).trim().to_string();
+    Err(StageError::Distributed(format!("{what}: {}", if text.is_empty() { "libtorch failed" } else { &text })))
+}
+
+fn cstr(s: &str) -> Result<CString, StageError> {
+    CString::new(s).map_err(|_| StageError::Distributed(format!("a NUL byte in {s:?}")))
+}
+
+fn millis(d: Duration) -> c_longlong {
+    d.as_millis().min(c_longlong::MAX as u128) as c_longlong
+}
+
+/// A c10d TCPStore: where the ranks meet and exchange a few keys.
+struct Store(*mut c_void);
+
+// SAFETY: c10d stores serialize their client calls.
+unsafe impl Send for Store {}
+
+impl Store {
+    /// A client of `host:port`; rank 0 is also the server, and waits up to `timeout` for the
+    /// `world` ranks to join. `timeout` also bounds every [`Store::get`].
+    fn tcp(host: &str, port: u16, world: usize, master: bool, timeout: Duration) -> Result<Store, StageError> {
+        let (host, prefix) = (cstr(host)?, cstr("")?);
+        let what = format!("meeting at {}:{port}", host.to_string_lossy());
+        // SAFETY: C strings that outlive the call and a buffer of the length passed; null is
+        // failure.
+        let s = call(&what, |err, len| {
+            let s = unsafe {
+                sumflow_store_tcp(
+                    host.as_ptr(),
+                    c_int::from(port),
+                    world as c_int,
+                    c_int::from(master),
+                    millis(timeout),
+                    prefix.as_ptr(),
+                    err,
+                    len,
+                )
+            };
+            (s, !s.is_null())
+        })?;
+        Ok(Store(s))
+    }
+
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), StageError> {
+        let k = cstr(key)?;
+        // SAFETY: a live handle, a C string and a byte slice that outlive the call.
+        call(key, |err, len| {
+            ((), unsafe { sumflow_store_set(self.0, k.as_ptr(), value.as_ptr(), value.len(), err, len) } == 0)
+        })
+    }
+
+    /// The value of `key`, waiting (up to the store's timeout) for some rank to set it.
+    fn get(&self, key: &str) -> Result<Vec<u8>, StageError> {
+        let k = cstr(key)?;
+        let (mut out, mut n): (*mut c_uchar, usize) = (std::ptr::null_mut(), 0);
+        // SAFETY: a live handle and out-pointers to live locals; the shim mallocs `out`.
+        call(key, |err, len| ((), unsafe { sumflow_store_get(self.0, k.as_ptr(), &mut out, &mut n, err, len) } == 0))?;
+        // SAFETY: `out` holds `n` bytes malloc'd by the shim, freed once, here.
+        let value = unsafe { std::slice::from_raw_parts(out, n).to_vec() };
+        unsafe { sumflow_dist_free(out.cast()) };
+        Ok(value)
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from `tcp` and is freed once (a group keeps its own reference).
+        unsafe { sumflow_store_free(self.0) }
+    }
+}
+
+/// The processes running one stage together, joined in a Gloo process group. Collectives must
+/// be called in the same order on every rank, from one thread.
+pub struct Group {
+    pg: *mut c_void,
+    _store: Store,
+    /// This process's rank, from 0.
+    pub rank: usize,
+    /// How many ranks there are.
+    pub world: usize,
+}
+
+// SAFETY: the group is driven from one thread at a time.
+unsafe impl Send for Group {}
+
+impl Group {
+    /// Joins the group `ranks` describes: meet in the store (rank 0 serves it), check that every
+    /// rank runs this same sumflow, and build the Gloo group on `ranks.host`'s address.
+    pub fn join(ranks: &Ranks) -> Result<Group, StageError> {
+        let timeout = Duration::from_secs(ranks.timeout_s);
+        let store = Store::tcp(&ranks.host, ranks.port, ranks.world, ranks.rank == 0, timeout)?;
+        let me = format!("sumflow {}", env!("CARGO_PKG_VERSION"));
+        store.set(&format!("sumflow/rank{}", ranks.rank), me.as_bytes())?;
+        if ranks.rank == 0 {
+            let mut verdict = "ok".to_string();
+            for r in 1..ranks.world {
+                let theirs = String::from_utf8_lossy(&store.get(&format!("sumflow/rank{r}"))?).into_owned();
+                if theirs != me {
+                    verdict = format!("rank {r} runs {theirs} and rank 0 {me}: every rank must run the same sumflow");
+                    break;
+                }
+            }
+            store.set("sumflow/verdict", verdict.as_bytes())?;
+            if verdict != "ok" {
+                return Err(StageError::Distributed(verdict));
+            }
+        } else {
+            let verdict = String::from_utf8_lossy(&store.get("sumflow/verdict")?).into_owned();
+            if verdict != "ok" {
+                return Err(StageError::Distributed(verdict));
+            }
+        }
+        let host = cstr(&ranks.host)?;
+        // SAFETY: a live store handle and a C string that outlive the call; null is failure.
+        let pg = call("the Gloo group", |err, len| {
+            let pg = unsafe {
+                sumflow_pg_gloo(store.0, ranks.rank as c_int, ranks.world as c_int, millis(timeout), host.as_ptr(), err, len)
+            };
+            (pg, !pg.is_null())
+        })?;
+        Ok(Group { pg, _store: store, rank: ranks.rank, world: ranks.world })
+    }
+
+    /// Sums `t` over all ranks, in place.
+    pub fn sum(&self, t: &mut Tensor) -> Result<(), StageError> {
+        // SAFETY: a live handle and a tensor borrowed for the (blocking) call.
+        call("all-reduce", |err, len| ((), unsafe { sumflow_pg_allreduce(self.pg, t.as_mut_ptr().cast(), 0, err, len) } == 0))
+    }
+
+    /// Overwrites `t` on every rank with rank `root`'s.
+    pub fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<(), StageError> {
+        // SAFETY: as for `sum`.
+        call("broadcast", |err, len| {
+            ((), unsafe { sumflow_pg_broadcast(self.pg, t.as_mut_ptr().cast(), root as c_int, err, len) } == 0)
+        })
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from `join` and is freed once.
+        unsafe { sumflow_pg_free(self.pg) }
+    }
+}

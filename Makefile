@@ -4,7 +4,7 @@
 #   make test  build everything from nothing (venv with torch and the Python oracles included)
 #              and run every check
 # Also: make lab-quick  the lab's quick variant offline, on a tiny random-init model.
-.PHONY: lab lab-quick test venv build
+.PHONY: lab lab-quick test venv build gloo
 
 PYTHON ?= python3
 VENV := .venv
@@ -25,9 +25,13 @@ lab-quick: build
 
 # Two builds: the runner without libtorch (a build with the `torch` feature links it into every
 # binary of the package, though the runner never calls it), then the worker with it.
-build: venv
+build: venv gloo
 	cargo build --release --locked --bin sumflow
 	$(TORCH_ENV) cargo build --release --locked --features torch --bin sumflow-worker
+
+# gloo's headers, for the distributed shim (libtorch bundles gloo's code, not its headers).
+gloo:
+	test -f /usr/include/gloo/config.h || (apt-get update -qq && apt-get install -y -qq libgloo-dev >/dev/null)
 
 # The venv: torch (libtorch for the build) and the Python reference implementations;
 # rebuilt when the requirements change.
@@ -40,7 +44,7 @@ $(STAMP): $(REQS)
 # Lints with and without libtorch (the runner must build without it), then every test, then
 # the runner's own tests in the build it ships in (without libtorch: `ldd` shows none). The
 # report test opens report.html in headless Chromium (Debian's `chromium`, installed if missing).
-test: venv
+test: venv gloo
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cache=$(mktemp -d)
 trap 'rm -rf "$cache"' EXIT
-./target/release/sumflow --cache "$cache" run pipelines/lab-results.yaml >/dev/null 2>&1
+./target/release/sumflow --cache "$cache" run pipelines/lab-results.yaml --lock "$cache/p.lock" >/dev/null 2>&1
 .venv/bin/python python/bench_exp_show.py ./target/release/sumflow "$cache" "${1:-1000}"

@@ -227,6 +227,7 @@ fn the_runner_uses_the_stage_api_and_the_tools_only() {
         "Registry",
         "AttentionBackend",
         "RuntimeOptions",
+        "Ranks",
         "DEFAULT_CUDA_ALLOC_CONF",
         "ArtifactKind",
         "FileInput",

@@ -104,7 +104,7 @@ fn devices_is_refused_where_a_stage_runs_on_one() {
     assert_eq!(out.code, 1);
     assert!(
         out.stderr.contains(
-            "stages.rows.devices: `subsample` runs on one device (`devices:` is for train-full and train-lora)"
+            "stages.rows.devices: `subsample` runs on one device (`devices:` is for train-full, train-lora and generate)"
         ),
         "{}",
         out.stderr
@@ -163,4 +163,30 @@ fn a_rank_killed_mid_run_fails_the_stage_naming_it_and_the_rerun_resumes() {
     assert!(again.stdout.contains("train: 40 steps"), "{}\n{}", again.stdout, kept);
     let step: u64 = kept.trim_start_matches("ckpt-").parse().unwrap();
     assert!(step >= 2, "{kept}");
+}
+
+/// `generate` on two ranks: the distinct dialogues dealt out between them, gathered back in row
+/// order — the same predictions as one process, file for file (the artifact's digest).
+#[test]
+fn generate_on_two_ranks_makes_one_process_s_predictions() {
+    let [one, two] = [1, 2].map(|devices| {
+        let s = Sandbox::new();
+        s.write(
+            "p.yaml",
+            format!(
+                "name: gen\nstages:\n  data: {{kind: load, path: {}}}\n  few: {{kind: subsample, input: data.test, every: 10}}\n  gen: {{kind: generate, input: few, model: {}, device: cpu, max_new_tokens: 12, devices: {devices}}}\n",
+                shared("dialogsum").display(),
+                crate::models::tiny_model().display()
+            ),
+        );
+        let out = s.ok(&["run", "p.yaml"]);
+        assert!(out.stdout.contains("gen: 150 predictions"), "{}", out.stdout);
+        let manifest = std::fs::read_to_string(s.ok(&["audit", "latest"]).stdout.split(':').next().unwrap()).unwrap();
+        let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+        let gen = manifest["stages"].as_array().unwrap().iter().find(|s| s["id"] == "gen").unwrap().clone();
+        (s, gen)
+    });
+    assert_eq!(two.1["stats"]["devices"], 2.0, "the stage ran as two ranks");
+    assert_eq!(one.1["stats"]["dialogues"], two.1["stats"]["dialogues"]);
+    assert_eq!(one.1["outputs"]["predictions"]["digest"], two.1["outputs"]["predictions"]["digest"]);
 }

@@ -78,7 +78,7 @@ pub(super) fn validate<'r>(
             Some(Value::Number(n)) if n.as_u64().is_some_and(|d| (1..=MAX_DEVICES).contains(&d)) => {
                 error(
                     format!("{at}.devices"),
-                    format!("`{kind}` runs on one device (`devices:` is for train-full and train-lora)"),
+                    format!("`{kind}` runs on one device (`devices:` is for train-full, train-lora and generate)"),
                 );
                 continue;
             }

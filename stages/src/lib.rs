@@ -50,8 +50,8 @@ with_torch! {
 
 pub use error::{panic_message, StageError};
 pub use registry::{DynStage, Params, Registry};
-pub use runtime::{AttentionBackend, RuntimeOptions, DEFAULT_CUDA_ALLOC_CONF};
+pub use runtime::{AttentionBackend, Ranks, RuntimeOptions, DEFAULT_CUDA_ALLOC_CONF};
 pub use stage::{
-    ArtifactKind, FileInput, InputRef, InputSlot, NoProgress, OutputDecl, ParamError, Progress, Ranks, Resource, Stage,
+    ArtifactKind, FileInput, InputRef, InputSlot, NoProgress, OutputDecl, ParamError, Progress, Resource, Stage,
     StageContext, StageRecord,
 };

@@ -1,4 +1,5 @@
-//! Process-wide switches ([`RuntimeOptions`]).
+//! Process-wide switches ([`RuntimeOptions`]), and a process's place among those running one
+//! stage together ([`Ranks`]).
 //!
 //! The runner reads the options once at start-up, from its flags and the environment, hands
 //! them to every stage through its context and writes them into every run manifest; nothing in
@@ -94,6 +95,23 @@ impl RuntimeOptions {
         }
         key
     }
+}
+
+/// This process's place among the processes running one stage together (`devices:` above 1):
+/// its rank, how many there are, and where rank 0 serves the store they meet in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ranks {
+    /// This process's rank, from 0; rank 0 writes the outputs and checkpoints.
+    pub rank: usize,
+    /// How many processes run the stage.
+    pub world: usize,
+    /// The address rank 0's store listens on (and each rank's own, on one machine).
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// How long a rank waits for the others (to meet, in a collective) before the stage fails.
+    pub timeout_s: u64,
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::StageError;
-use crate::runtime::RuntimeOptions;
+use crate::runtime::{Ranks, RuntimeOptions};
 
 /// What an artifact holds; an input accepts some kinds and a stage output has exactly one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -213,23 +213,6 @@ pub struct StageRecord {
     /// The figures it recorded (the runner adds `peak_rss_mb` and, for GPU stages where NVML
     /// sees the card, `peak_gpu_mb`).
     pub stats: BTreeMap<String, f64>,
-}
-
-/// This process's place among the processes running one stage together (`devices:` above 1):
-/// its rank, how many there are, and where rank 0 serves the store they meet in.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Ranks {
-    /// This process's rank, from 0; rank 0 writes the outputs and checkpoints.
-    pub rank: usize,
-    /// How many processes run the stage.
-    pub world: usize,
-    /// The address rank 0's store listens on (and each rank's own, on one machine).
-    pub host: String,
-    /// Its port.
-    pub port: u16,
-    /// How long a rank waits for the others (to meet, in a collective) before the stage fails.
-    pub timeout_s: u64,
 }
 
 /// Everything a running stage may touch: its inputs, its output folders, a work folder, and the

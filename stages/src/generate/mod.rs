@@ -229,6 +229,9 @@ impl Stage for Generate {
     fn needs_libtorch(&self) -> bool {
         true
     }
+    fn distributed(&self) -> bool {
+        true
+    }
     fn runtime_in_key(&self) -> bool {
         true
     }

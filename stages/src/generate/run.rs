@@ -14,12 +14,14 @@ use crate::data::tokenize::{encode, render, row_ids};
 use crate::error::{panic_message, StageError};
 use crate::io::model_ref;
 use crate::io::table::Table;
+use crate::runtime::Ranks;
 use crate::runtime::RuntimeOptions;
 use crate::stage::{Progress, StageContext};
 use crate::t5::attention::KEY_MULTIPLE;
 use crate::t5::decode::{generate, greedy_fixed, Strategy};
 use crate::t5::loader::{self, Loaded};
 use crate::torch::device;
+use crate::torch::dist::{self, Group};
 use crate::torch::trace::StepTrace;
 
 /// How to generate: everything but the data and the model.
@@ -244,6 +246,75 @@ pub fn open(
     Ok(m)
 }
 
+/// One rank's part of a generation on several devices: the distinct prompts it took (their
+/// indices) and what it made of them.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Part {
+    indices: Vec<usize>,
+    summaries: Vec<(String, usize)>,
+    truncated: usize,
+    seconds: f64,
+}
+
+/// [`summarize`] on several devices: the distinct prompts dealt out by length, longest first and
+/// in turn, so every rank gets as much work; each rank generates its own, and rank 0 gathers
+/// the summaries back in order (`None` on the other ranks). Each summary is the one a single
+/// process makes: only which batch a dialogue is in changes, and batches are padded and masked.
+fn summarize_shared(
+    m: &Loaded,
+    prompts: &[String],
+    p: &GenerateParams,
+    ctx: &StageContext,
+    ranks: &Ranks,
+) -> Result<Option<Generated>, StageError> {
+    let group = Group::join(ranks)?;
+    ctx.record("devices", group.world as f64);
+    if !m.device().is_cuda() {
+        dist::share_cores(group.world);
+    }
+    let mut distinct: Vec<&str> = Vec::new();
+    let mut slot: HashMap<&str, usize> = HashMap::new();
+    let which: Vec<usize> = prompts
+        .iter()
+        .map(|p| {
+            *slot.entry(p.as_str()).or_insert_with(|| {
+                distinct.push(p);
+                distinct.len() - 1
+            })
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..distinct.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(distinct[i].len()));
+    let indices: Vec<usize> = order.into_iter().skip(group.rank).step_by(group.world).collect();
+    let mine: Vec<String> = indices.iter().map(|&i| distinct[i].to_string()).collect();
+    let g = summarize(m, &mine, &p.options(), ctx.progress, ctx.runtime.trace.as_deref())?;
+    let part = Part { indices, summaries: g.summaries, truncated: g.truncated, seconds: g.seconds };
+    let bytes = serde_json::to_vec(&part).expect("parts serialize");
+    let Some(parts) = group.gather("generate", &bytes)? else { return Ok(None) };
+    let mut texts: Vec<Option<(String, usize)>> = vec![None; distinct.len()];
+    let (mut truncated, mut seconds) = (0, 0.0f64);
+    for bytes in parts {
+        let part: Part = serde_json::from_slice(&bytes)
+            .map_err(|e| StageError::Distributed(format!("a rank's summaries do not read back: {e}")))?;
+        truncated += part.truncated;
+        seconds = seconds.max(part.seconds);
+        for (i, summary) in part.indices.into_iter().zip(part.summaries) {
+            texts[i] = Some(summary);
+        }
+    }
+    let texts: Vec<(String, usize)> = texts
+        .into_iter()
+        .collect::<Option<_>>()
+        .ok_or_else(|| StageError::Distributed("a dialogue's summary is missing from every rank's part".into()))?;
+    Ok(Some(Generated {
+        new_tokens: texts.iter().map(|t| t.1).sum(),
+        summaries: which.iter().map(|&w| texts[w].clone()).collect(),
+        distinct: distinct.len(),
+        truncated,
+        seconds,
+    }))
+}
+
 /// Runs the stage: read the table, open the model, generate, write the predictions.
 pub fn run(p: &GenerateParams, ctx: &StageContext) -> Result<(), StageError> {
     let start = std::time::Instant::now();
@@ -261,7 +332,14 @@ pub fn run(p: &GenerateParams, ctx: &StageContext) -> Result<(), StageError> {
     let m = open(&model_ref::resolve(&p.model, ctx)?, adapter.as_deref(), p, ctx.runtime, ctx.gpu)?;
     ctx.record("load_seconds", start.elapsed().as_secs_f64());
     ctx.progress.message("generating");
-    let g = summarize(&m, &prompts, &p.options(), ctx.progress, ctx.runtime.trace.as_deref())?;
+    let g = match &ctx.ranks {
+        Some(ranks) if ranks.world > 1 => match summarize_shared(&m, &prompts, p, ctx, ranks)? {
+            Some(g) => g,
+            // Rank 0 writes the predictions.
+            None => return Ok(()),
+        },
+        _ => summarize(&m, &prompts, &p.options(), ctx.progress, ctx.runtime.trace.as_deref())?,
+    };
     ctx.record("rows", prompts.len() as f64);
     ctx.record("dialogues", g.distinct as f64);
     ctx.record("new_tokens", g.new_tokens as f64);

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tch::Tensor;
 
 use crate::error::StageError;
-use crate::stage::Ranks;
+use crate::runtime::Ranks;
 
 extern "C" {
     fn sumflow_store_tcp(
@@ -142,7 +142,7 @@ impl Drop for Store {
 /// be called in the same order on every rank, from one thread.
 pub struct Group {
     pg: *mut c_void,
-    _store: Store,
+    store: Store,
     /// This process's rank, from 0.
     pub rank: usize,
     /// How many ranks there are.
@@ -187,7 +187,28 @@ impl Group {
             };
             (pg, !pg.is_null())
         })?;
-        Ok(Group { pg, _store: store, rank: ranks.rank, world: ranks.world })
+        Ok(Group { pg, store, rank: ranks.rank, world: ranks.world })
+    }
+
+    /// Every rank's `bytes`, in rank order, for rank 0 (through the store; for results, not
+    /// tensors); `None` for the others, which go on at once. Rank 0 waits as long as the others
+    /// take: the runner stops it if one of them dies.
+    pub fn gather(&self, name: &str, bytes: &[u8]) -> Result<Option<Vec<Vec<u8>>>, StageError> {
+        let key = |rank: usize| format!("gather/{name}/rank{rank}");
+        self.store.set(&key(self.rank), bytes)?;
+        if self.rank != 0 {
+            return Ok(None);
+        }
+        let mut all = Vec::with_capacity(self.world);
+        for rank in 0..self.world {
+            all.push(loop {
+                match self.store.get(&key(rank)) {
+                    Err(StageError::Distributed(e)) if e.contains("timeout") => continue,
+                    other => break other?,
+                }
+            });
+        }
+        Ok(Some(all))
     }
 
     /// Sums `t` over all ranks, in place.
@@ -203,6 +224,12 @@ impl Group {
             ((), unsafe { sumflow_pg_broadcast(self.pg, t.as_mut_ptr().cast(), root as c_int, err, len) } == 0)
         })
     }
+}
+
+/// Ranks on one CPU share its cores (a thread each per core) rather than each taking them all.
+pub fn share_cores(world: usize) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    tch::set_num_threads((cores / world.max(1)).max(1) as i32);
 }
 
 impl Drop for Group {

@@ -25,7 +25,7 @@ use crate::t5::model::T5;
 use crate::t5::weights;
 use crate::torch::autocast;
 use crate::torch::cuda_graph::CudaGraphs;
-use crate::torch::dist::Group;
+use crate::torch::dist::{self, Group};
 use crate::torch::profile::StepProfile;
 use crate::torch::trace::StepTrace;
 
@@ -55,10 +55,8 @@ pub fn fit(
     if let Some(g) = &group {
         opt.broadcast_weights(g)?;
         ctx.record("devices", g.world as f64);
-        // Ranks on one CPU share its cores rather than each taking them all.
         if device == Device::Cpu {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            tch::set_num_threads((cores / g.world).max(1) as i32);
+            dist::share_cores(g.world);
         }
     }
     let mut stepper = Stepper::new(p, device, group)?;
@@ -78,6 +76,7 @@ pub fn fit(
         let (rows, layout) = epochs.batch(&mut progress, stepper.graphed());
         // Real (non-pad) tokens, counted on the host: no device sync for a figure.
         let tokens: usize = rows.iter().map(|&r| train.input_ids[r].len() + train.labels[r].len()).sum();
+        let rows_taken = rows.len();
         hooks.step_begins();
         let t0 = Instant::now();
         let share = Share::of(train, rows, stepper.group.as_ref());
@@ -95,6 +94,7 @@ pub fn fit(
         }
         hooks.step_ends();
         progress.step += 1;
+        spent.dialogues += rows_taken;
         progress.losses.push((progress.step, loss, lr, tokens as f64 / seconds));
         ctx.progress.inc(1);
         ctx.progress.message(&format!("loss {loss:.4}"));
@@ -517,6 +517,8 @@ struct Spent {
     captures: f64,
     validation: f64,
     checkpoints: f64,
+    /// Dialogues the counted steps trained on (all ranks').
+    dialogues: usize,
 }
 
 impl Spent {
@@ -529,6 +531,7 @@ impl Spent {
 
     fn record(&self, ctx: &StageContext, stepper: &Stepper) {
         ctx.record("step_seconds", self.steps);
+        ctx.record("dialogues_per_s", self.dialogues as f64 / self.steps.max(1e-9));
         ctx.record("capture_seconds", self.captures);
         ctx.record("validation_seconds", self.validation);
         ctx.record("checkpoint_seconds", self.checkpoints);

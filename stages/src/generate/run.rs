@@ -112,17 +112,7 @@ pub fn summarize(
         }
     }
     // Identical prompts are generated once.
-    let mut distinct: Vec<&str> = Vec::new();
-    let mut slot: HashMap<&str, usize> = HashMap::new();
-    let which: Vec<usize> = prompts
-        .iter()
-        .map(|p| {
-            *slot.entry(p.as_str()).or_insert_with(|| {
-                distinct.push(p);
-                distinct.len() - 1
-            })
-        })
-        .collect();
+    let (distinct, which) = distinct(prompts);
     let mut truncated = 0;
     let encoded: Vec<Vec<i32>> = distinct
         .iter()
@@ -216,6 +206,23 @@ pub fn summarize(
     })
 }
 
+/// The distinct prompts, in the order they first appear, and for each prompt its index among
+/// them.
+fn distinct(prompts: &[String]) -> (Vec<&str>, Vec<usize>) {
+    let mut distinct: Vec<&str> = Vec::new();
+    let mut slot: HashMap<&str, usize> = HashMap::new();
+    let which = prompts
+        .iter()
+        .map(|p| {
+            *slot.entry(p.as_str()).or_insert_with(|| {
+                distinct.push(p);
+                distinct.len() - 1
+            })
+        })
+        .collect();
+    (distinct, which)
+}
+
 /// Opens a model (and adapter), on the device and in the precision `p` asks for, computing
 /// attention as the runtime options say.
 pub fn open(
@@ -272,17 +279,7 @@ fn summarize_shared(
     if !m.device().is_cuda() {
         dist::share_cores(group.world);
     }
-    let mut distinct: Vec<&str> = Vec::new();
-    let mut slot: HashMap<&str, usize> = HashMap::new();
-    let which: Vec<usize> = prompts
-        .iter()
-        .map(|p| {
-            *slot.entry(p.as_str()).or_insert_with(|| {
-                distinct.push(p);
-                distinct.len() - 1
-            })
-        })
-        .collect();
+    let (distinct, which) = distinct(prompts);
     let mut order: Vec<usize> = (0..distinct.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(distinct[i].len()));
     let indices: Vec<usize> = order.into_iter().skip(group.rank).step_by(group.world).collect();

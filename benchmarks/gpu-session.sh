@@ -28,7 +28,9 @@ export PYTHON=${PYTHON:-python3}
 LD_LIBRARY_PATH=$("$PYTHON" -c 'import torch, os; print(os.path.dirname(torch.__file__))')/lib:${LD_LIBRARY_PATH:-}
 export LD_LIBRARY_PATH
 export SUMFLOW_CACHE=${SUMFLOW_CACHE:-/tmp/sumflow-cache}
-sumflow=./target/release/sumflow
+# The worker binary runs every command too (its model stages in copies of itself): carrying it
+# alone keeps the carry under the limit.
+sumflow=${SUMFLOW:-./target/release/sumflow-worker}
 "$sumflow" --version
 "$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")'
 

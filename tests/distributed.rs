@@ -49,7 +49,20 @@ fn one_and_two(kind: &str, extra: &str) -> [Sandbox; 2] {
     })
 }
 
-fn assert_same_training(kind: &str, extra: &str, output: &str, weights: &str, tolerance: f64) {
+/// Loads `adapter` onto `model` with PEFT and counts its tensors that hold the file's values.
+const PEFT_LOAD: &str = r#"
+import sys, torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import T5ForConditionalGeneration
+model = PeftModel.from_pretrained(T5ForConditionalGeneration.from_pretrained(sys.argv[1]), sys.argv[2])
+state = model.state_dict()
+saved = load_file(sys.argv[2] + "/adapter_model.safetensors")
+same = sum(torch.equal(state[k.replace(".weight", ".default.weight")], v) for k, v in saved.items())
+print(f"{same} of {len(saved)}")
+"#;
+
+fn assert_same_training(kind: &str, extra: &str, output: &str, weights: &str, tolerance: f64) -> [Sandbox; 2] {
     let [one, two] = one_and_two(kind, extra);
     let (a, b) = (artifact(&one, "train", output), artifact(&two, "train", output));
     let (la, lb) = (losses(&a), losses(&b));
@@ -72,6 +85,7 @@ fn assert_same_training(kind: &str, extra: &str, output: &str, weights: &str, to
     pipeline(&two, &model, kind, extra, 1);
     let again = two.ok(&["run", "p.yaml"]);
     assert!(again.stderr.contains("dp: 4 stages, 4 cached, 0 to run"), "{}", again.stderr);
+    [one, two]
 }
 
 #[test]
@@ -81,13 +95,27 @@ fn full_fine_tuning_on_two_ranks_is_one_process_s() {
 
 #[test]
 fn lora_on_two_ranks_is_one_process_s() {
-    assert_same_training(
+    let [_, two] = assert_same_training(
         "train-lora",
         ", lora: {r: 4, alpha: 8, dropout: 0.0}",
         "adapter",
         "adapter_model.safetensors",
         1e-4,
     );
+    // The adapter the two ranks wrote loads in PEFT, every tensor as written.
+    let venv = std::env::var_os("VIRTUAL_ENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv"));
+    let adapter = artifact(&two, "train", "adapter");
+    let out = std::process::Command::new(venv.join("bin/python"))
+        .args(["-c", PEFT_LOAD, two.path().join("m").to_str().unwrap(), adapter.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    let (same, all) = said.trim().split_once(" of ").unwrap();
+    assert_eq!(same, all, "{said}");
+    assert!(all.parse::<usize>().unwrap() > 0, "{said}");
 }
 
 #[test]

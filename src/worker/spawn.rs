@@ -183,29 +183,29 @@ fn relay(stdout: std::process::ChildStdout, progress: Option<&dyn Progress>, log
 }
 
 /// Waits for every worker; once one fails, stops the others. Each worker's rank, exit status,
-/// and whether it was stopped, in the order they ended.
+/// and whether the runner stopped it, in the order they ended.
 fn wait_all(workers: &mut [Worker]) -> Vec<(usize, ExitStatus, bool)> {
     let mut exits: Vec<(usize, ExitStatus, bool)> = Vec::new();
-    let mut stopping = false;
+    let mut stopped = vec![false; workers.len()];
     while exits.len() < workers.len() {
-        for w in workers.iter_mut() {
+        let failed = exits.iter().any(|(_, status, _)| !status.success());
+        for (i, w) in workers.iter_mut().enumerate() {
             if exits.iter().any(|(rank, ..)| *rank == w.rank) {
                 continue;
             }
             match w.child.try_wait() {
                 Ok(Some(status)) => {
                     w.stdin.take();
-                    exits.push((w.rank, status, stopping));
-                    if !status.success() && !stopping {
-                        stopping = true;
-                    }
+                    exits.push((w.rank, status, stopped[i]));
                 }
-                Ok(None) if stopping => {
+                Ok(None) if failed => {
                     let _ = w.child.kill();
+                    stopped[i] = true;
                 }
                 Ok(None) => {}
                 Err(_) => {
                     let _ = w.child.kill();
+                    stopped[i] = true;
                 }
             }
         }

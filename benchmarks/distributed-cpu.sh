@@ -2,8 +2,9 @@
 # Data parallelism on the CPU: full fine-tuning of the flan-t5-small shape (random init) on the
 # same DialogSum rows and seed, as one process using every core (`devices: 1`) and as one rank
 # per core (`devices: 2` on 2 cores: each rank takes 1 thread), STEPS steps of 4,096-token
-# batches, dropout on. Prints each run's dialogues/s, the ratio, the all-reduce's share of a
-# step and the peak memory, from the runs' manifests. Needs `make build`; a few minutes.
+# batches, dropout on. Prints each run's dialogues/s, the ratio, the collectives' share of a
+# step, the peak memory and the optimizer state each process keeps, from the runs' manifests.
+# Needs `make build`; a few minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=$(realpath ../shared/data/dialogsum)
@@ -37,14 +38,15 @@ for devices in (1, 2):
     rows[devices] = {
         "dialogues/s": train["dialogues_per_s"],
         "step s": train["step_seconds"] / train["steps"],
-        "all-reduce": train.get("all_reduce_seconds", 0.0) / train["step_seconds"],
+        "collectives": train.get("collective_seconds", 0.0) / train["step_seconds"],
         "peak MB": train["peak_rss_mb"],
+        "optimizer MB": train["optimizer_state_mb"],
         "final loss": train["final_loss"],
     }
 print(f"full fine-tuning, flan-t5-small shape, CPU, {cores} cores, 4,096-token batches")
-print(f"{'run':32} {'dialogues/s':>11} {'s/step':>7} {'all-reduce':>10} {'peak MB':>8} {'final loss':>10}")
+print(f"{'run':32} {'dialogues/s':>11} {'s/step':>7} {'collectives':>11} {'peak MB':>8} {'optim. MB':>9} {'final loss':>10}")
 names = {1: f"1 process x {cores} threads", 2: f"2 ranks x {max(1, cores // 2)} thread(s), Gloo"}
 for d, r in rows.items():
-    print(f"{names[d]:32} {r['dialogues/s']:11.2f} {r['step s']:7.3f} {r['all-reduce']:10.1%} {r['peak MB']:8.0f} {r['final loss']:10.4f}")
+    print(f"{names[d]:32} {r['dialogues/s']:11.2f} {r['step s']:7.3f} {r['collectives']:11.1%} {r['peak MB']:8.0f} {r['optimizer MB']:9.0f} {r['final loss']:10.4f}")
 print(f"ratio (2 ranks / 1 process): {rows[2]['dialogues/s'] / rows[1]['dialogues/s']:.2f}x")
 PY

@@ -110,6 +110,9 @@ pub enum Error {
         #[source]
         stderr: Option<WorkerError>,
     },
+    /// Running under torchrun went wrong (its environment, the other ranks).
+    #[error("torchrun: {0}")]
+    Torchrun(String),
     /// One rank of a stage running on several devices failed (the others were stopped).
     #[error("rank {rank} of {world} failed")]
     Rank {

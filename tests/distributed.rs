@@ -1,6 +1,6 @@
 //! Training on several devices: `devices: 2` runs a training stage in two worker processes that
 //! meet through a c10d store on 127.0.0.1 and sum their gradients over Gloo, each on its share of
-//! every batch. Against one process on the same data and seed — with dropout off, since ranks
+//! every batch and each keeping half of the optimizer's state (ZeRO stage 1). Against one process on the same data and seed — with dropout off, since ranks
 //! draw their own masks by design — the per-step losses agree within 1e-5 and the final weights
 //! within 1e-4 (a tenth of one step's update at lr 1e-3; measured: 2e-5 after 6 steps, summation
 //! order being all that differs), and the run is a cache hit for the other: `devices` is how a
@@ -12,7 +12,7 @@ use crate::common::{shared, Sandbox};
 use crate::training::{artifact, losses};
 
 /// The tiny test model with dropout off, in the sandbox.
-fn without_dropout(s: &Sandbox) -> PathBuf {
+pub fn without_dropout(s: &Sandbox) -> PathBuf {
     let dir = s.path().join("m");
     std::fs::create_dir_all(&dir).unwrap();
     for entry in std::fs::read_dir(crate::models::tiny_model()).unwrap() {
@@ -62,6 +62,13 @@ same = sum(torch.equal(state[k.replace(".weight", ".default.weight")], v) for k,
 print(f"{same} of {len(saved)}")
 "#;
 
+/// The figures the last run's manifest records for stage `train`.
+fn train_stats(s: &Sandbox) -> serde_json::Value {
+    let manifest = std::fs::read_to_string(s.ok(&["audit", "latest"]).stdout.split(':').next().unwrap()).unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    manifest["stages"].as_array().unwrap().iter().find(|s| s["id"] == "train").unwrap()["stats"].clone()
+}
+
 fn assert_same_training(kind: &str, extra: &str, output: &str, weights: &str, tolerance: f64) -> [Sandbox; 2] {
     let [one, two] = one_and_two(kind, extra);
     let (a, b) = (artifact(&one, "train", output), artifact(&two, "train", output));
@@ -75,12 +82,17 @@ fn assert_same_training(kind: &str, extra: &str, output: &str, weights: &str, to
         differences.iter().fold(("", 0.0f64), |w, (n, d)| if *d > w.1 { (n.as_str(), *d) } else { w });
     assert!(largest <= tolerance, "{kind}: {worst} differs by {largest:e}");
     // The manifest says how it ran; the other way of running it is a cache hit.
-    let manifest = std::fs::read_to_string(two.ok(&["audit", "latest"]).stdout.split(':').next().unwrap()).unwrap();
-    let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
-    let train = manifest["stages"].as_array().unwrap().iter().find(|s| s["id"] == "train").unwrap();
+    let (single, train) = (train_stats(&one), train_stats(&two));
     // Recorded by the stage once the two ranks met: it did run as two.
-    assert_eq!(train["stats"]["devices"], 2.0);
-    assert!(train["stats"]["all_reduce_seconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(train["devices"], 2.0);
+    assert!(train["collective_seconds"].as_f64().unwrap() > 0.0);
+    // Each rank keeps half the optimizer's state (its slice of the moments; a slice may hold
+    // one padding element).
+    let (whole, half) = (single["optimizer_state_mb"].as_f64().unwrap(), train["optimizer_state_mb"].as_f64().unwrap());
+    assert!(
+        whole > 0.0 && (half * 2.0 - whole).abs() <= 16e-6,
+        "{kind}: one process {whole} MB, each of two ranks {half} MB"
+    );
     let model = two.path().join("m");
     pipeline(&two, &model, kind, extra, 1);
     let again = two.ok(&["run", "p.yaml"]);
@@ -140,21 +152,25 @@ fn devices_is_refused_where_a_stage_runs_on_one() {
 }
 
 /// A rank killed mid-run (SIGKILL, as the out-of-memory killer sends): the stage fails at once,
-/// naming the rank and how it died, the other rank is stopped, the last checkpoint is kept, and
-/// the next run resumes from it and finishes.
+/// naming the rank and how it died, the other rank is stopped, the last checkpoint (the ranks'
+/// sharded moments gathered) is kept, and the next run resumes from it and finishes with the
+/// losses of a run never interrupted.
 #[test]
 fn a_rank_killed_mid_run_fails_the_stage_naming_it_and_the_rerun_resumes() {
     use std::io::Read;
     use std::time::{Duration, Instant};
 
+    let forty_steps = |s: &Sandbox| {
+        let model = without_dropout(s);
+        pipeline(s, &model, "train-full", "", 2);
+        let text = std::fs::read_to_string(s.path().join("p.yaml"))
+            .unwrap()
+            .replace("max_steps: 6", "max_steps: 40")
+            .replace("checkpoint_every: 0", "checkpoint_every: 2");
+        s.write("p.yaml", text);
+    };
     let s = Sandbox::new();
-    let model = without_dropout(&s);
-    pipeline(&s, &model, "train-full", "", 2);
-    let text = std::fs::read_to_string(s.path().join("p.yaml"))
-        .unwrap()
-        .replace("max_steps: 6", "max_steps: 40")
-        .replace("checkpoint_every: 0", "checkpoint_every: 2");
-    s.write("p.yaml", text);
+    forty_steps(&s);
     let mut runner = s.cmd(&["run", "p.yaml"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let t0 = Instant::now();
     while crate::training::latest_checkpoint(&s).is_none() {
@@ -191,6 +207,15 @@ fn a_rank_killed_mid_run_fails_the_stage_naming_it_and_the_rerun_resumes() {
     assert!(again.stdout.contains("train: 40 steps"), "{}\n{}", again.stdout, kept);
     let step: u64 = kept.trim_start_matches("ckpt-").parse().unwrap();
     assert!(step >= 2, "{kept}");
+    let uninterrupted = Sandbox::new();
+    forty_steps(&uninterrupted);
+    uninterrupted.ok(&["run", "p.yaml"]);
+    let resumed = losses(&artifact(&s, "train", "model"));
+    let straight = losses(&artifact(&uninterrupted, "train", "model"));
+    assert_eq!(resumed.len(), 40);
+    for ((n, x), (_, y)) in resumed.iter().zip(&straight) {
+        assert!((x - y).abs() <= 1e-6, "step {n} (resumed after step {step}): {x} against {y}");
+    }
 }
 
 /// `generate` on two ranks: the distinct dialogues dealt out between them, gathered back in row

@@ -17,6 +17,8 @@ mod models;
 mod remote;
 mod sweeps;
 #[cfg(feature = "torch")]
+mod torchrun;
+#[cfg(feature = "torch")]
 mod training;
 mod validate;
 mod workers;

@@ -16,7 +16,8 @@ use crate::run::console::{self, Console};
 use crate::run::executor::{self, Outcome, Pull, RunOptions};
 use crate::run::lockfile::{self, LockFile};
 use crate::run::manifest::Manifest;
-use crate::run::plan::Selection;
+use crate::run::plan::{self, Selection};
+use crate::worker::torchrun::{self, Torchrun, World};
 
 /// How `sumflow run` was asked to run, beyond the pipeline and the cache.
 #[derive(Debug, Default)]
@@ -39,8 +40,25 @@ pub struct RunRequest {
     pub remote: Option<Arc<Remote>>,
 }
 
-/// Runs `p` against `cache`.
+/// Runs `p` against `cache`; under torchrun, as rank 0 with the other ranks joining its
+/// distributed stages, or as one of those.
 pub fn run(p: &Pipeline, cache: &Cache, req: RunRequest, runtime: RuntimeOptions) -> Result<ExitCode, Error> {
+    let world = match Torchrun::from_env()? {
+        Some(t) if t.rank != 0 => {
+            // The keys this rank computes for its copy of the pipeline: rank 0 refuses a rank
+            // whose key for a stage differs from its own.
+            let plans = plan::plan(p, cache, &Selection::default(), &runtime)?;
+            let keys = plans.into_iter().map(|s| (s.id, s.key)).collect();
+            eprintln!("rank {} of {}: joining rank 0's distributed stages", t.rank, t.world);
+            return torchrun::follow(&t, keys);
+        }
+        Some(t) => {
+            crate::worker::spawn::check_binary()?;
+            eprintln!("rank 0 of {}: running {}; distributed stages on all {} ranks", t.world, p.name, t.world);
+            Some(Arc::new(World::lead(t)?))
+        }
+        None => None,
+    };
     let lock_path = req.lock.clone().unwrap_or_else(|| lockfile::default_path(&p.path));
     // Without a lock file, --frozen still holds: nothing may run.
     let locked = if req.frozen && lock_path.is_file() {
@@ -70,6 +88,7 @@ pub fn run(p: &Pipeline, cache: &Cache, req: RunRequest, runtime: RuntimeOptions
         remote: remote.clone().filter(|_| req.pull != Pull::Off),
         pull: req.pull,
         runtime,
+        world,
         ..RunOptions::default()
     };
     if let Some(j) = req.jobs {

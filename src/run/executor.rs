@@ -20,6 +20,7 @@ use crate::run::lockfile::LockFile;
 use crate::run::memory;
 use crate::run::plan::{self, Selection, StagePlan, Status};
 use crate::worker::spawn::Ran;
+use crate::worker::torchrun::World;
 use crate::worker::{self, Job};
 
 /// What a run takes from a remote.
@@ -54,6 +55,8 @@ pub struct RunOptions {
     pub pull: Pull,
     /// The process's runtime options, handed to every stage.
     pub runtime: RuntimeOptions,
+    /// Under torchrun (this is rank 0): the world the distributed stages run on.
+    pub world: Option<Arc<World>>,
 }
 
 impl Default for RunOptions {
@@ -67,6 +70,7 @@ impl Default for RunOptions {
             remote: None,
             pull: Pull::Off,
             runtime: RuntimeOptions::default(),
+            world: None,
         }
     }
 }
@@ -275,7 +279,8 @@ pub fn run(p: &Pipeline, cache: &Cache, opts: &RunOptions, reporter: &dyn Report
                 let plan = &plans[i];
                 scope.spawn(move || {
                     let t0 = Instant::now();
-                    let result = run_stage(p, i, plan, inputs, upstream, cache, &opts.runtime, pinned, reporter);
+                    let world = opts.world.as_deref();
+                    let result = run_stage(p, i, plan, inputs, upstream, cache, &opts.runtime, pinned, world, reporter);
                     let _ = tx.send((i, result, t0.elapsed()));
                 });
             }
@@ -421,6 +426,7 @@ fn run_stage(
     cache: &Cache,
     runtime: &RuntimeOptions,
     gpu: Option<&Gpu>,
+    world: Option<&World>,
     reporter: &dyn Reporter,
 ) -> Result<(Entry, BTreeMap<String, String>), Error> {
     let node = &p.stages[i];
@@ -454,7 +460,14 @@ fn run_stage(
             upstream,
             ranks: None,
         };
-        worker::spawn::run(&job, node.devices, progress.as_ref(), gpu, node.resource == Resource::Gpu)
+        let sample_gpu = node.resource == Resource::Gpu;
+        match world {
+            // Under torchrun a distributed stage takes every rank, one device each.
+            Some(world) if node.stage.distributed() => {
+                world.run(&job, &plan.key, |job| worker::spawn::run(job, 1, progress.as_ref(), gpu, sample_gpu))
+            }
+            _ => worker::spawn::run(&job, node.devices, progress.as_ref(), gpu, sample_gpu),
+        }
     } else {
         let ctx = StageContext::new(&node.id, inputs, scratch.clone(), work_dir, progress.as_ref(), runtime)
             .with_upstream(upstream)

@@ -16,10 +16,11 @@
 //! go on. A stage with `devices: N` runs in N workers, ranks 0 to N-1, which meet through a
 //! c10d store on 127.0.0.1 (rank 0 serves it on a port the runner found free); rank 0 writes
 //! the outputs, and a rank that fails stops the others. [`spawn`] is the runner's end, [`serve`]
-//! the worker's.
+//! the worker's; [`torchrun`] runs the distributed stages over the ranks torchrun started.
 
 pub mod serve;
 pub mod spawn;
+pub mod torchrun;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

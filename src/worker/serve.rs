@@ -36,7 +36,7 @@ pub fn serve() -> ExitCode {
             job.version
         )]);
     }
-    match run(job) {
+    match run(job, &Lines(Mutex::new(std::io::stdout()))) {
         Ok(done) => {
             send(&done);
             ExitCode::SUCCESS
@@ -45,7 +45,8 @@ pub fn serve() -> ExitCode {
     }
 }
 
-fn run(job: Job) -> Result<Message, Error> {
+/// Runs `job` in this process, its progress to `progress`: `done`, with its figures.
+pub(super) fn run(job: Job, progress: &dyn Progress) -> Result<Message, Error> {
     #[cfg(feature = "torch")]
     let registry = Registry::with_libtorch();
     #[cfg(not(feature = "torch"))]
@@ -58,8 +59,7 @@ fn run(job: Job) -> Result<Message, Error> {
     if params.canonical != job.params {
         return Err(Error::Usage("the worker reads the stage's params differently from the runner".into()));
     }
-    let progress = Lines(Mutex::new(std::io::stdout()));
-    let ctx = StageContext::new(&job.stage_id, job.inputs, job.output_root, job.work_dir, &progress, &job.runtime)
+    let ctx = StageContext::new(&job.stage_id, job.inputs, job.output_root, job.work_dir, progress, &job.runtime)
         .with_upstream(job.upstream)
         .on_gpu(job.gpu)
         .with_ranks(job.ranks);

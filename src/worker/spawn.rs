@@ -17,7 +17,7 @@ use crate::run::memory::GpuSampler;
 const TAIL: usize = 12;
 
 /// How long the ranks of a stage wait for each other (to meet, in a collective) before it fails.
-const RANK_TIMEOUT_S: u64 = 300;
+pub const RANK_TIMEOUT_S: u64 = 300;
 
 /// What a stage that finished in a worker recorded.
 #[derive(Debug)]
@@ -85,7 +85,15 @@ pub fn run(
         let mut job = job.clone();
         if world > 1 {
             let host = "127.0.0.1".to_string();
-            job.ranks = Some(Ranks { rank, world, host, port, timeout_s: RANK_TIMEOUT_S });
+            job.ranks = Some(Ranks {
+                rank,
+                world,
+                host,
+                port,
+                timeout_s: RANK_TIMEOUT_S,
+                prefix: String::new(),
+                key: String::new(),
+            });
         }
         match Worker::start(&job, rank) {
             Ok(w) => workers.push(w),

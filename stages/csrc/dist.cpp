@@ -170,7 +170,8 @@ void sumflow_store_free(void *store) {
 }
 
 // A Gloo group of `size` ranks meeting through `store`, on a TCP device bound to `hostname`'s
-// address (null or empty: this machine's hostname, else loopback — Gloo's default device).
+// address (null or empty: the interface GLOO_SOCKET_IFNAME names, as torch.distributed reads
+// it, else this machine's hostname, else loopback — Gloo's default device).
 // Collectives that take longer than `timeout_ms` (a peer gone silent) fail.
 void *sumflow_pg_gloo(void *store, int rank, int size, long long timeout_ms, const char *hostname, char *err,
                       size_t len) {
@@ -178,8 +179,11 @@ void *sumflow_pg_gloo(void *store, int rank, int size, long long timeout_ms, con
   int rc = guarded(err, len, [&] {
     auto timeout = std::chrono::milliseconds(timeout_ms);
     auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
+    const char *ifname = std::getenv("GLOO_SOCKET_IFNAME");
     if (hostname != nullptr && hostname[0] != '\0') {
       opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(std::string(hostname)));
+    } else if (ifname != nullptr && ifname[0] != '\0') {
+      opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(std::string(ifname)));
     } else {
       opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
     }

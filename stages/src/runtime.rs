@@ -112,6 +112,15 @@ pub struct Ranks {
     pub port: u16,
     /// How long a rank waits for the others (to meet, in a collective) before the stage fails.
     pub timeout_s: u64,
+    /// Under torchrun: the store is its agent's, and the stage's keys go under this prefix
+    /// (`/worker/attempt_<restart>/sumflow/stage<n>`); each rank's Gloo device is its own
+    /// machine's. Empty: rank 0 serves a store of the stage's own.
+    #[serde(default)]
+    pub prefix: String,
+    /// The stage's cache key as this rank's pipeline computes it (empty: not checked). Ranks
+    /// whose keys or sumflow versions differ are refused when they meet.
+    #[serde(default)]
+    pub key: String,
 }
 
 #[cfg(test)]

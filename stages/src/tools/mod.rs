@@ -15,6 +15,10 @@ mod bench;
 #[cfg(feature = "torch")]
 mod models;
 
+/// The c10d store torchrun's agent serves, and the ranks' meeting in it, for the runner's
+/// `lead` and `follow` workers.
+#[cfg(feature = "torch")]
+pub use crate::torch::dist::{meet, Store};
 #[cfg(feature = "torch")]
 pub use bench::{bench, BenchReport, BenchSettings, Figures, PeakMemory};
 #[cfg(feature = "torch")]

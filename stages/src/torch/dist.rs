@@ -55,6 +55,15 @@ extern "C" {
     ) -> *mut c_void;
     fn sumflow_pg_allreduce(pg: *mut c_void, t: *mut c_void, op: c_int, err: *mut c_char, len: usize) -> c_int;
     fn sumflow_pg_broadcast(pg: *mut c_void, t: *mut c_void, root: c_int, err: *mut c_char, len: usize) -> c_int;
+    fn sumflow_pg_allgather(pg: *mut c_void, output: *mut c_void, input: *mut c_void, err: *mut c_char, len: usize) -> c_int;
+    fn sumflow_pg_reduce_scatter(
+        pg: *mut c_void,
+        output: *mut c_void,
+        input: *mut c_void,
+        op: c_int,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
     fn sumflow_pg_free(pg: *mut c_void);
 }
 
@@ -79,7 +88,7 @@ fn millis(d: Duration) -> c_longlong {
 }
 
 /// A c10d TCPStore: where the ranks meet and exchange a few keys.
-struct Store(*mut c_void);
+pub struct Store(*mut c_void);
 
 // SAFETY: c10d stores serialize their client calls.
 unsafe impl Send for Store {}
@@ -87,8 +96,16 @@ unsafe impl Send for Store {}
 impl Store {
     /// A client of `host:port`; rank 0 is also the server, and waits up to `timeout` for the
     /// `world` ranks to join. `timeout` also bounds every [`Store::get`].
-    fn tcp(host: &str, port: u16, world: usize, master: bool, timeout: Duration) -> Result<Store, StageError> {
-        let (host, prefix) = (cstr(host)?, cstr("")?);
+    /// A non-empty `prefix` puts every key under it (torchrun's agent store: see [`Ranks`]).
+    fn tcp(
+        host: &str,
+        port: u16,
+        world: usize,
+        master: bool,
+        timeout: Duration,
+        prefix: &str,
+    ) -> Result<Store, StageError> {
+        let (host, prefix) = (cstr(host)?, cstr(prefix)?);
         let what = format!("meeting at {}:{port}", host.to_string_lossy());
         // SAFETY: C strings that outlive the call and a buffer of the length passed; null is
         // failure.
@@ -110,7 +127,14 @@ impl Store {
         Ok(Store(s))
     }
 
-    fn set(&self, key: &str, value: &[u8]) -> Result<(), StageError> {
+    /// A client of the store someone else serves at `host:port` (torchrun's agent), its keys
+    /// under `prefix`; `timeout` bounds connecting and each [`Store::get`].
+    pub fn client(host: &str, port: u16, prefix: &str, timeout: Duration) -> Result<Store, StageError> {
+        Store::tcp(host, port, 0, false, timeout, prefix)
+    }
+
+    /// Sets `key` to `value`.
+    pub fn set(&self, key: &str, value: &[u8]) -> Result<(), StageError> {
         let k = cstr(key)?;
         // SAFETY: a live handle, a C string and a byte slice that outlive the call.
         call(key, |err, len| {
@@ -118,8 +142,19 @@ impl Store {
         })
     }
 
+    /// The value of `key`, waiting however long it takes some rank to set it: an error only when
+    /// the store is gone.
+    pub fn wait(&self, key: &str) -> Result<Vec<u8>, StageError> {
+        loop {
+            match self.get(key) {
+                Err(StageError::Distributed(e)) if e.contains("timeout") => continue,
+                other => return other,
+            }
+        }
+    }
+
     /// The value of `key`, waiting (up to the store's timeout) for some rank to set it.
-    fn get(&self, key: &str) -> Result<Vec<u8>, StageError> {
+    pub fn get(&self, key: &str) -> Result<Vec<u8>, StageError> {
         let k = cstr(key)?;
         let (mut out, mut n): (*mut c_uchar, usize) = (std::ptr::null_mut(), 0);
         // SAFETY: a live handle and out-pointers to live locals; the shim mallocs `out`.
@@ -153,33 +188,15 @@ pub struct Group {
 unsafe impl Send for Group {}
 
 impl Group {
-    /// Joins the group `ranks` describes: meet in the store (rank 0 serves it), check that every
-    /// rank runs this same sumflow, and build the Gloo group on `ranks.host`'s address.
+    /// Joins the group `ranks` describes: meet in the store (rank 0 serves it, or torchrun's
+    /// agent), check that every rank runs this same sumflow and computes the same stage key,
+    /// and build the Gloo group (on `ranks.host`'s address when the ranks share a machine).
     pub fn join(ranks: &Ranks) -> Result<Group, StageError> {
         let timeout = Duration::from_secs(ranks.timeout_s);
-        let store = Store::tcp(&ranks.host, ranks.port, ranks.world, ranks.rank == 0, timeout)?;
-        let me = format!("sumflow {}", env!("CARGO_PKG_VERSION"));
-        store.set(&format!("sumflow/rank{}", ranks.rank), me.as_bytes())?;
-        if ranks.rank == 0 {
-            let mut verdict = "ok".to_string();
-            for r in 1..ranks.world {
-                let theirs = String::from_utf8_lossy(&store.get(&format!("sumflow/rank{r}"))?).into_owned();
-                if theirs != me {
-                    verdict = format!("rank {r} runs {theirs} and rank 0 {me}: every rank must run the same sumflow");
-                    break;
-                }
-            }
-            store.set("sumflow/verdict", verdict.as_bytes())?;
-            if verdict != "ok" {
-                return Err(StageError::Distributed(verdict));
-            }
-        } else {
-            let verdict = String::from_utf8_lossy(&store.get("sumflow/verdict")?).into_owned();
-            if verdict != "ok" {
-                return Err(StageError::Distributed(verdict));
-            }
-        }
-        let host = cstr(&ranks.host)?;
+        let torchrun = !ranks.prefix.is_empty();
+        let store = meet(ranks)?;
+        // Under torchrun each rank binds its own machine's address (or GLOO_SOCKET_IFNAME's).
+        let host = cstr(if torchrun { "" } else { &ranks.host })?;
         // SAFETY: a live store handle and a C string that outlive the call; null is failure.
         let pg = call("the Gloo group", |err, len| {
             let pg = unsafe {
@@ -201,20 +218,43 @@ impl Group {
         }
         let mut all = Vec::with_capacity(self.world);
         for rank in 0..self.world {
-            all.push(loop {
-                match self.store.get(&key(rank)) {
-                    Err(StageError::Distributed(e)) if e.contains("timeout") => continue,
-                    other => break other?,
-                }
-            });
+            all.push(self.store.wait(&key(rank))?);
         }
         Ok(Some(all))
     }
 
     /// Sums `t` over all ranks, in place.
     pub fn sum(&self, t: &mut Tensor) -> Result<(), StageError> {
+        self.all_reduce(t, 0)
+    }
+
+    /// The largest `t` of all ranks', in place.
+    pub fn max(&self, t: &mut Tensor) -> Result<(), StageError> {
+        self.all_reduce(t, 2)
+    }
+
+    fn all_reduce(&self, t: &mut Tensor, op: c_int) -> Result<(), StageError> {
         // SAFETY: a live handle and a tensor borrowed for the (blocking) call.
-        call("all-reduce", |err, len| ((), unsafe { sumflow_pg_allreduce(self.pg, t.as_mut_ptr().cast(), 0, err, len) } == 0))
+        call("all-reduce", |err, len| ((), unsafe { sumflow_pg_allreduce(self.pg, t.as_mut_ptr().cast(), op, err, len) } == 0))
+    }
+
+    /// Sums `input` (world × `part`'s length, contiguous) over the ranks and leaves this rank's
+    /// slice of the sum (rank · length onwards) in `part`.
+    pub fn sum_scattered(&self, part: &mut Tensor, input: &mut Tensor) -> Result<(), StageError> {
+        // SAFETY: a live handle and tensors borrowed for the (blocking) call.
+        call("reduce-scatter", |err, len| {
+            let rc = unsafe { sumflow_pg_reduce_scatter(self.pg, part.as_mut_ptr().cast(), input.as_mut_ptr().cast(), 0, err, len) };
+            ((), rc == 0)
+        })
+    }
+
+    /// Fills `output` (world × `part`'s length, contiguous) with every rank's `part`, in rank
+    /// order. `part` must not be a view of `output`.
+    pub fn gather_into(&self, output: &mut Tensor, part: &mut Tensor) -> Result<(), StageError> {
+        // SAFETY: as for `sum_scattered`.
+        call("all-gather", |err, len| {
+            ((), unsafe { sumflow_pg_allgather(self.pg, output.as_mut_ptr().cast(), part.as_mut_ptr().cast(), err, len) } == 0)
+        })
     }
 
     /// Overwrites `t` on every rank with rank `root`'s.
@@ -224,6 +264,44 @@ impl Group {
             ((), unsafe { sumflow_pg_broadcast(self.pg, t.as_mut_ptr().cast(), root as c_int, err, len) } == 0)
         })
     }
+}
+
+/// Meets the other ranks of `ranks` in their store (rank 0 serves it, or torchrun's agent) and
+/// checks that every rank runs this same sumflow and computes the same stage key: rank 0
+/// compares and gives its verdict, and a rank that differs is refused, naming both. A rank
+/// that cannot take part (it cannot read rank 0's job) still meets, so that rank 0 refuses it
+/// at once rather than wait for it.
+pub fn meet(ranks: &Ranks) -> Result<Store, StageError> {
+    let timeout = Duration::from_secs(ranks.timeout_s);
+    let serves = ranks.rank == 0 && ranks.prefix.is_empty();
+    let store = Store::tcp(&ranks.host, ranks.port, ranks.world, serves, timeout, &ranks.prefix)?;
+    let mut me = format!("sumflow {}", env!("CARGO_PKG_VERSION"));
+    if !ranks.key.is_empty() {
+        me.push_str(&format!(", stage key {}", &ranks.key[..ranks.key.len().min(12)]));
+    }
+    store.set(&format!("sumflow/rank{}", ranks.rank), me.as_bytes())?;
+    if ranks.rank == 0 {
+        let mut verdict = "ok".to_string();
+        for r in 1..ranks.world {
+            let theirs = String::from_utf8_lossy(&store.get(&format!("sumflow/rank{r}"))?).into_owned();
+            if theirs != me {
+                verdict = format!(
+                    "rank {r} runs {theirs} and rank 0 {me}: every rank must run the same sumflow on the same pipeline"
+                );
+                break;
+            }
+        }
+        store.set("sumflow/verdict", verdict.as_bytes())?;
+        if verdict != "ok" {
+            return Err(StageError::Distributed(verdict));
+        }
+    } else {
+        let verdict = String::from_utf8_lossy(&store.get("sumflow/verdict")?).into_owned();
+        if verdict != "ok" {
+            return Err(StageError::Distributed(verdict));
+        }
+    }
+    Ok(store)
 }
 
 /// Ranks on one CPU share its cores (a thread each per core) rather than each taking them all.

@@ -64,14 +64,15 @@ impl Checkpoints {
         StageError::io(&self.dir, e)
     }
 
-    /// Writes a checkpoint of `opt` at `progress`, then makes it the latest.
-    pub fn save(&self, opt: &AdamW, progress: &Progress) -> Result<(), StageError> {
+    /// Writes a checkpoint of the weights `opt` trains and its moments `state` (from
+    /// [`AdamW::state`]) at `progress`, then makes it the latest.
+    pub fn save(&self, opt: &AdamW, state: &BTreeMap<String, Tensor>, progress: &Progress) -> Result<(), StageError> {
         let name = format!("ckpt-{}", progress.step);
         let tmp = self.dir.join(format!("{name}.tmp"));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| self.io(e))?;
         weights::save(&opt.masters(), &tmp.join(FILES[0]))?;
-        weights::save(&opt.state(), &tmp.join(FILES[1]))?;
+        weights::save(state, &tmp.join(FILES[1]))?;
         let progress_json = serde_json::to_vec(progress).expect("progress serializes");
         std::fs::write(tmp.join(FILES[2]), progress_json).map_err(|e| self.io(e))?;
         let digests: BTreeMap<&str, String> = FILES

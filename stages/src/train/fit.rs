@@ -15,7 +15,7 @@ use tch::{Device, Kind, Tensor};
 use super::batches::{batches, collate, padding, Collated, Layout};
 use super::checkpoints::{Checkpoints, Progress, Resumed};
 use super::model::Built;
-use super::optim::{linear_schedule, AdamW};
+use super::optim::{linear_schedule, AdamW, Part};
 use super::params::{Precision, TrainParams};
 use crate::data::tokenize::TokenTable;
 use crate::error::StageError;
@@ -45,13 +45,15 @@ pub fn fit(
     }
     let device = b.trainable().device();
     let peak_lr = p.lr.expect("defaults filled");
-    let mut opt = optimizer(b, p, device);
     // On several devices: every rank starts from rank 0's weights, takes its share of each
-    // batch, and adds its gradients to the others' before the (identical) update.
+    // batch, and keeps and updates one slice of the optimizer's state (ZeRO stage 1).
     let group = match &ctx.ranks {
         Some(ranks) if ranks.world > 1 => Some(Group::join(ranks)?),
         _ => None,
     };
+    let part = group.as_ref().map_or(Part::WHOLE, |g| Part { rank: g.rank, world: g.world });
+    let mut opt = optimizer(b, p, device, part);
+    ctx.record("optimizer_state_mb", opt.state_bytes() as f64 / 1e6);
     if let Some(g) = &group {
         opt.broadcast_weights(g)?;
         ctx.record("devices", g.world as f64);
@@ -65,6 +67,9 @@ pub fn fit(
     let total = p.max_steps.unwrap_or(epochs.batches.len() as u64 * p.epochs);
     let checkpoints = Checkpoints::open(work)?;
     let mut progress = resume(&checkpoints, &mut opt, ctx)?;
+    if let Some(g) = &stepper.group {
+        same_step(g, progress.step, work)?;
+    }
     ctx.progress.set_total(total);
     ctx.progress.inc(progress.step);
     let mut hooks = Hooks::new(ctx.runtime, device);
@@ -101,9 +106,13 @@ pub fn fit(
         if cadence.validation_due(p, &progress) && validation.is_some() {
             spent.validation += timed(|| progress.validation.push((progress.step, validation_loss(b, validation, p))));
         }
-        if cadence.checkpoint_due(p, &progress, total) && ctx.writes_outputs() {
+        if cadence.checkpoint_due(p, &progress, total, stepper.group.as_ref())? {
             let t = Instant::now();
-            checkpoints.save(&opt, &progress)?;
+            // Every rank takes part in gathering sharded moments; rank 0 writes them.
+            let state = opt.state(stepper.group.as_ref())?;
+            if ctx.writes_outputs() {
+                checkpoints.save(&opt, &state, &progress)?;
+            }
             spent.checkpoints += t.elapsed().as_secs_f64();
             cadence.checkpointed();
         }
@@ -122,7 +131,7 @@ pub fn fit(
 
 /// AdamW over the trainable weights. With bf16 weights the model computes with bf16 copies of
 /// fp32 masters; a LoRA base, which does not train, goes to bf16 for good (it needs no masters).
-fn optimizer(b: &Built, p: &TrainParams, device: Device) -> AdamW {
+fn optimizer(b: &Built, p: &TrainParams, device: Device, part: Part) -> AdamW {
     let compute = match p.precision(device) {
         Precision::Bf16Weights => Kind::BFloat16,
         Precision::Fp32 | Precision::Autocast => Kind::Float,
@@ -135,7 +144,7 @@ fn optimizer(b: &Built, p: &TrainParams, device: Device) -> AdamW {
             }
         });
     }
-    AdamW::new(weights::variables(b.trainable()), p.weight_decay.expect("defaults filled"), compute)
+    AdamW::new(weights::variables(b.trainable()), p.weight_decay.expect("defaults filled"), compute, part)
 }
 
 /// The progress to continue from: the latest intact checkpoint's, or a fresh start (a damaged
@@ -152,6 +161,22 @@ fn resume(checkpoints: &Checkpoints, opt: &mut AdamW, ctx: &StageContext) -> Res
             Progress::default()
         }
     })
+}
+
+/// Every rank resumed from the same step (each reads rank 0's checkpoints), or the stage fails
+/// before the first collective that would mix two different runs.
+fn same_step(group: &Group, step: u64, work: &Path) -> Result<(), StageError> {
+    let mut bounds = Tensor::from_slice(&[step as f64, -(step as f64)]);
+    group.max(&mut bounds)?;
+    let (most, least) = (bounds.double_value(&[0]), -bounds.double_value(&[1]));
+    if most != least {
+        return Err(StageError::Distributed(format!(
+            "the ranks resumed from different steps ({least} to {most}; this rank: {step}): every rank reads the \
+             checkpoints in {}, which must be the same folder on every machine",
+            work.display()
+        )));
+    }
+    Ok(())
 }
 
 /// The current epoch's batches and their layout, made again when the epoch changes.
@@ -307,10 +332,11 @@ impl Share {
 }
 
 /// One step as one of several ranks: backward on this rank's share of the batch, its loss
-/// weighted by its share of the label tokens, the gradients summed over the ranks — so every
-/// rank holds the gradient of the whole batch's token-mean loss, as one process would — then
-/// the same clipping and update everywhere. Returns the whole batch's loss, and the seconds the
-/// collectives took.
+/// weighted by its share of the label tokens; the gradients summed over the ranks into each
+/// rank's slice — so the ranks hold, between them, the gradient of the whole batch's token-mean
+/// loss, as one process would — then the same clipping (by the global norm) and each rank's
+/// update of its slice, and the updated slices gathered into every rank's weights. Returns the
+/// whole batch's loss, and the seconds the collectives took.
 #[allow(clippy::too_many_arguments)]
 fn issue_shared_step(
     model: &T5,
@@ -334,14 +360,18 @@ fn issue_shared_step(
         None => Tensor::zeros([], (Kind::Float, device)),
     };
     let t = Instant::now();
-    opt.sum_gradients(group)?;
+    opt.reduce_gradients(group)?;
     group.sum(&mut loss)?;
-    let reducing = t.elapsed().as_secs_f64();
-    mark("all-reduce");
-    let _norm = opt.clip_grad_norm(p.grad_clip);
+    let _norm = opt.clip_grad_norm_over(p.grad_clip, group)?;
+    let mut reducing = t.elapsed().as_secs_f64();
+    mark("reduce-scatter");
     opt.apply(&loss);
-    opt.zero_grad();
     mark("clip, update");
+    let t = Instant::now();
+    opt.gather_weights(group)?;
+    reducing += t.elapsed().as_secs_f64();
+    opt.zero_grad();
+    mark("all-gather");
     Ok((loss, reducing))
 }
 
@@ -468,11 +498,24 @@ impl Cadence {
         p.eval_every > 0 && progress.step.is_multiple_of(p.eval_every)
     }
 
-    fn checkpoint_due(&self, p: &TrainParams, progress: &Progress, total: u64) -> bool {
+    /// On several ranks every one must agree (they gather the moments together): a checkpoint
+    /// is due by time when it is on any rank's clock.
+    fn checkpoint_due(
+        &self,
+        p: &TrainParams,
+        progress: &Progress,
+        total: u64,
+        group: Option<&Group>,
+    ) -> Result<bool, StageError> {
         let by_steps = p.checkpoint_every > 0 && progress.step.is_multiple_of(p.checkpoint_every);
         let minutes = self.last_checkpoint.elapsed().as_secs_f64() / 60.0;
-        let by_time = p.checkpoint_minutes > 0.0 && minutes >= p.checkpoint_minutes;
-        (by_steps || by_time) && progress.step < total
+        let mut by_time = p.checkpoint_minutes > 0.0 && minutes >= p.checkpoint_minutes;
+        if let (Some(group), true) = (group, p.checkpoint_minutes > 0.0) {
+            let mut any = Tensor::from(f32::from(u8::from(by_time)));
+            group.max(&mut any)?;
+            by_time = any.double_value(&[]) > 0.0;
+        }
+        Ok((by_steps || by_time) && progress.step < total)
     }
 
     fn checkpointed(&mut self) {
@@ -539,7 +582,7 @@ impl Spent {
             ctx.record("graph_shapes", stepper.captured() as f64);
         }
         if stepper.group.is_some() {
-            ctx.record("all_reduce_seconds", stepper.reducing);
+            ctx.record("collective_seconds", stepper.reducing);
         }
     }
 }

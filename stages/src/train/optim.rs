@@ -18,6 +18,14 @@
 //! the device* (the weights and moments stay as they were). The caller reads the loss once the
 //! step is issued and calls [`AdamW::skipped`] when it was not finite. The same step can then be
 //! captured and replayed as a CUDA graph.
+//!
+//! On several ranks the optimizer's state is sharded (ZeRO stage 1): the flat buffers are padded
+//! to a multiple of the rank count and cut into equal slices, rank `r` keeps the moments (and,
+//! with bf16 weights, the fp32 gradient) of slice `r` only, and a step is: reduce-scatter the
+//! gradients (each rank receives the sum of its slice), the global norm from the slices' sums
+//! of squares, the update of the rank's slice of the masters, and an all-gather of the updated
+//! slices into every rank's weights. Each rank holds 1/world of the moments; the update is the
+//! same arithmetic, element by element, as one process's.
 
 use std::collections::BTreeMap;
 
@@ -25,6 +33,19 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::StageError;
 use crate::torch::dist::Group;
+
+/// Which slice of the flat buffers a process updates: rank `rank` of `world` equal slices (the
+/// whole buffer for one process).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Part {
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl Part {
+    /// One process: the whole buffer.
+    pub const WHOLE: Part = Part { rank: 0, world: 1 };
+}
 
 /// AdamW over named parameters.
 pub struct AdamW {
@@ -38,8 +59,14 @@ pub struct AdamW {
     copy: Option<Tensor>,
     /// The gradients, in the parameters' precision: each parameter's `.grad` is a view into it.
     grad: Tensor,
-    /// With bf16 weights: the gradients as fp32, once per step, for clipping and the update.
+    /// With bf16 weights: this process's slice of the gradients as fp32, once per step, for
+    /// clipping and the update.
     grad32: Option<(Tensor, bool)>,
+    /// The slice this process updates, and its length (the flat buffers are `world` of them,
+    /// padded with zeros that no parameter views).
+    part: Part,
+    len: i64,
+    /// The moments of this process's slice.
     m: Tensor,
     v: Tensor,
     /// The global gradient norm of the current step, once clipping computed it.
@@ -62,13 +89,17 @@ impl AdamW {
     /// be fp32 and on one device. They are moved into a flat buffer they then view, and their
     /// gradients into another. `compute`: `Kind::Float`, or `Kind::BFloat16` for bf16 weights —
     /// the parameters become bf16 copies of the fp32 values, which stay here as masters (until
-    /// [`AdamW::finish`]).
-    pub fn new(params: BTreeMap<String, Tensor>, weight_decay: f64, compute: Kind) -> Self {
+    /// [`AdamW::finish`]). `part`: the slice of the state this process keeps and updates
+    /// ([`Part::WHOLE`] for one process).
+    pub fn new(params: BTreeMap<String, Tensor>, weight_decay: f64, compute: Kind, part: Part) -> Self {
         assert!(matches!(compute, Kind::Float | Kind::BFloat16), "AdamW: fp32 or bf16 weights, not {compute:?}");
+        assert!(part.rank < part.world, "{part:?}");
         let device = params.values().next().map_or(Device::Cpu, |p| p.device());
         let total: i64 = params.values().map(|p| p.numel() as i64).sum();
-        let zeros = |kind| Tensor::zeros([total], (kind, device));
-        let flat = zeros(Kind::Float);
+        let world = part.world as i64;
+        let len = (total + world - 1) / world;
+        let zeros = |kind, n| Tensor::zeros([n], (kind, device));
+        let flat = zeros(Kind::Float, len * world);
         let mut layout = Vec::new();
         let mut views = Vec::new();
         let mut offset = 0;
@@ -84,9 +115,9 @@ impl AdamW {
         });
         let copy = (compute == Kind::BFloat16).then(|| tch::no_grad(|| flat.to_kind(compute)));
         tch::no_grad(|| set_views(&views, copy.as_ref().unwrap_or(&flat), &layout));
-        let grad = zeros(compute);
+        let grad = zeros(compute, len * world);
         attach_gradients(&views, &grad, &layout);
-        let grad32 = copy.is_some().then(|| (zeros(Kind::Float), false));
+        let grad32 = copy.is_some().then(|| (zeros(Kind::Float, len), false));
         let scalar = || Tensor::zeros([], (Kind::Float, device));
         AdamW {
             layout,
@@ -95,8 +126,10 @@ impl AdamW {
             copy,
             grad,
             grad32,
-            m: zeros(Kind::Float),
-            v: zeros(Kind::Float),
+            part,
+            len,
+            m: zeros(Kind::Float, len),
+            v: zeros(Kind::Float, len),
             norm: None,
             lr_decay: scalar(),
             step_size: scalar(),
@@ -130,19 +163,37 @@ impl AdamW {
         }
     }
 
-    /// The gradients as fp32: the buffer backward wrote, or (bf16 weights) its fp32 copy, made
-    /// once per step.
+    /// This process's slice of `flat` (one of the flat buffers): all of it for one process.
+    fn mine(&self, flat: &Tensor) -> Tensor {
+        flat.narrow(0, self.part.rank as i64 * self.len, self.len)
+    }
+
+    fn sharded(&self) -> bool {
+        self.part.world > 1
+    }
+
+    /// This process's slice of the gradients as fp32: the buffer backward wrote (on several
+    /// ranks: summed by [`AdamW::reduce_gradients`]), or (bf16 weights) its fp32 copy, made once
+    /// per step.
     fn gradient(&mut self) -> Tensor {
+        let mine = self.mine(&self.grad);
         match &mut self.grad32 {
-            None => self.grad.shallow_clone(),
+            None => mine,
             Some((g32, fresh)) => {
                 if !*fresh {
-                    tch::no_grad(|| g32.copy_(&self.grad));
+                    tch::no_grad(|| g32.copy_(&mine));
                     *fresh = true;
                 }
                 g32.shallow_clone()
             }
         }
+    }
+
+    /// Bytes of state this process keeps for the update: the moments of its slice (and, with
+    /// bf16 weights, the slice's fp32 gradient) — 1/world of one process's.
+    pub fn state_bytes(&self) -> usize {
+        let fp32 = self.m.numel() + self.v.numel() + self.grad32.as_ref().map_or(0, |(g, _)| g.numel());
+        fp32 * 4
     }
 
     /// One update at learning rate `lr` from the parameters' gradients: [`AdamW::prepare`],
@@ -166,11 +217,13 @@ impl AdamW {
         });
     }
 
-    /// The update [`AdamW::prepare`] set up, all on the device: it does nothing when `loss` or
-    /// the gradient norm is not finite (call [`AdamW::skipped`] once the loss is read).
+    /// The update [`AdamW::prepare`] set up, all on the device, of this process's slice: it does
+    /// nothing when `loss` or the gradient norm is not finite (call [`AdamW::skipped`] once the
+    /// loss is read). On several ranks, [`AdamW::gather_weights`] follows.
     pub fn apply(&mut self, loss: &Tensor) {
         let (beta1, beta2, eps) = (self.beta1, self.beta2, self.eps);
         let g = self.gradient();
+        let w = self.mine(&self.flat);
         let norm = self.norm.take().unwrap_or_else(|| tch::no_grad(|| g.norm()));
         // In place, as `torch.optim.AdamW`'s multi-tensor path does it, with the step's scalars
         // (and whether it counts) as device tensors.
@@ -182,12 +235,12 @@ impl AdamW {
             let _ = self.v.g_mul_(&(&ok * -(1.0 - beta2) + 1.0));
             let _ = self.v.addcmul_(&(&g * (1.0 - beta2)), &g);
             let denom = self.v.sqrt().g_mul_(&self.v_correction).g_add_scalar_(eps);
-            let _ = self.flat.g_mul_(&(&ok * &self.lr_decay).neg().g_add_scalar_(1.0));
-            let _ = self.flat.addcdiv_(&(&self.m * (&ok * &self.step_size)), &denom);
-            if let Some(copy) = &self.copy {
-                copy.shallow_clone().copy_(&self.flat);
-            }
+            let _ = w.shallow_clone().g_mul_(&(&ok * &self.lr_decay).neg().g_add_scalar_(1.0));
+            let _ = w.shallow_clone().addcdiv_(&(&self.m * (&ok * &self.step_size)), &denom);
         });
+        if !self.sharded() {
+            self.masters_changed();
+        }
     }
 
     /// The last [`AdamW::update`] was skipped on the device (its loss was not finite): it does
@@ -206,12 +259,23 @@ impl AdamW {
         Ok(())
     }
 
-    /// Sums the gradients over the ranks, in place: one collective over the flat buffer.
-    pub fn sum_gradients(&mut self, group: &Group) -> Result<(), StageError> {
-        group.sum(&mut self.grad)?;
+    /// Sums the gradients over the ranks into this rank's slice (the rest of the buffer is left
+    /// as backward wrote it): one reduce-scatter over the flat buffer.
+    pub fn reduce_gradients(&mut self, group: &Group) -> Result<(), StageError> {
+        let mut mine = self.mine(&self.grad);
+        group.sum_scattered(&mut mine, &mut self.grad.shallow_clone())?;
         if let Some((_, fresh)) = &mut self.grad32 {
             *fresh = false;
         }
+        Ok(())
+    }
+
+    /// After [`AdamW::apply`] on several ranks: every rank's updated slice into every rank's
+    /// weights (one all-gather), and the bf16 copy refreshed.
+    pub fn gather_weights(&mut self, group: &Group) -> Result<(), StageError> {
+        let mut mine = self.mine(&self.flat);
+        group.gather_into(&mut self.flat.shallow_clone(), &mut mine)?;
+        self.masters_changed();
         Ok(())
     }
 
@@ -228,30 +292,63 @@ impl AdamW {
     /// the norm before, as a tensor on the parameters' device (reading it waits for the device:
     /// the training step does not).
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> Tensor {
+        assert!(!self.sharded(), "sharded state: clip_grad_norm_over");
         let g = self.gradient();
-        let total = tch::no_grad(|| {
-            let total = g.norm();
+        let total = tch::no_grad(|| g.norm());
+        self.clip(g, total, max_norm)
+    }
+
+    /// [`AdamW::clip_grad_norm`] on several ranks, each holding a slice of the summed gradients:
+    /// the global norm from the slices' sums of squares (one small all-reduce).
+    pub fn clip_grad_norm_over(&mut self, max_norm: f64, group: &Group) -> Result<Tensor, StageError> {
+        let g = self.gradient();
+        let mut squares = tch::no_grad(|| g.square().sum(Kind::Float));
+        group.sum(&mut squares)?;
+        let total = tch::no_grad(|| squares.sqrt());
+        Ok(self.clip(g, total, max_norm))
+    }
+
+    /// Scales `g` by `max_norm / total` when that is below 1 (`max_norm` 0: never); `total`.
+    fn clip(&mut self, g: Tensor, total: Tensor, max_norm: f64) -> Tensor {
+        tch::no_grad(|| {
             if max_norm > 0.0 {
                 let coef = (max_norm / (&total + 1e-6)).clamp_max(1.0);
                 let _ = g.shallow_clone().g_mul_(&coef);
             }
-            total
         });
         self.norm = Some(total.shallow_clone());
         total
     }
 
-    /// The moments, named `m.<param>` and `v.<param>`, for a checkpoint.
-    pub fn state(&self) -> BTreeMap<String, Tensor> {
-        let m = views(&self.m, &self.layout).map(|(name, t)| (format!("m.{name}"), t));
-        let v = views(&self.v, &self.layout).map(|(name, t)| (format!("v.{name}"), t));
-        m.chain(v).collect()
+    /// The moments, named `m.<param>` and `v.<param>`, for a checkpoint. With sharded state they
+    /// are gathered from every rank: a collective that every rank of `group` calls.
+    pub fn state(&self, group: Option<&Group>) -> Result<BTreeMap<String, Tensor>, StageError> {
+        let whole = |moment: &Tensor| -> Result<Tensor, StageError> {
+            if !self.sharded() {
+                return Ok(moment.shallow_clone());
+            }
+            let group = group.expect("sharded state is gathered over its group");
+            let mut all = Tensor::zeros([self.len * self.part.world as i64], (Kind::Float, moment.device()));
+            group.gather_into(&mut all, &mut moment.shallow_clone())?;
+            Ok(all)
+        };
+        let (m, v) = (whole(&self.m)?, whole(&self.v)?);
+        let m = views(&m, &self.layout).map(|(name, t)| (format!("m.{name}"), t));
+        let v = views(&v, &self.layout).map(|(name, t)| (format!("v.{name}"), t));
+        Ok(m.chain(v).collect())
     }
 
-    /// Restores moments saved by [`AdamW::state`] after `step` updates.
+    /// Restores moments saved by [`AdamW::state`] after `step` updates (this process's slice of
+    /// them).
     pub fn restore(&mut self, state: &BTreeMap<String, Tensor>, step: i64) -> Result<(), StageError> {
+        let padded = self.len * self.part.world as i64;
+        let zeros = || Tensor::zeros([padded], (Kind::Float, self.m.device()));
+        let (m, v) = (zeros(), zeros());
         tch::no_grad(|| {
-            for (key, mut view) in self.state() {
+            let wanted = views(&m, &self.layout)
+                .map(|(name, t)| (format!("m.{name}"), t))
+                .chain(views(&v, &self.layout).map(|(name, t)| (format!("v.{name}"), t)));
+            for (key, mut view) in wanted {
                 let saved = state.get(&key).ok_or_else(|| StageError::Internal(format!("checkpoint lacks {key}")))?;
                 if saved.size() != view.size() {
                     return Err(StageError::Internal(format!(
@@ -262,6 +359,8 @@ impl AdamW {
                 }
                 view.copy_(saved);
             }
+            self.m.shallow_clone().copy_(&self.mine(&m));
+            self.v.shallow_clone().copy_(&self.mine(&v));
             Ok(())
         })?;
         self.step = step;
@@ -345,7 +444,7 @@ mod tests {
         let loss = |a: &Tensor, b: &Tensor| (a * a).sum(Kind::Float) * 3.0 + b.sin().sum(Kind::Float);
         let (ours_vs, a1, b1) = make();
         let (theirs_vs, a2, b2) = make();
-        let mut ours = AdamW::new(ours_vs.variables().into_iter().collect(), 0.05, Kind::Float);
+        let mut ours = AdamW::new(ours_vs.variables().into_iter().collect(), 0.05, Kind::Float, Part::WHOLE);
         let mut theirs = nn::AdamW { wd: 0.05, ..Default::default() }.build(&theirs_vs, 0.1).unwrap();
         for step in 0..4 {
             let lr = 0.1 / (step + 1) as f64;
@@ -368,10 +467,10 @@ mod tests {
         // The variable store holds the updated values, and the moments round-trip.
         let stored = ours_vs.variables()["a"].shallow_clone();
         assert_eq!((stored - &a1).abs().max().double_value(&[]), 0.0);
-        let state = ours.state();
-        let mut again = AdamW::new(ours_vs.variables().into_iter().collect(), 0.05, Kind::Float);
+        let state = ours.state(None).unwrap();
+        let mut again = AdamW::new(ours_vs.variables().into_iter().collect(), 0.05, Kind::Float, Part::WHOLE);
         again.restore(&state, ours.step).unwrap();
-        for (k, t) in again.state() {
+        for (k, t) in again.state(None).unwrap() {
             assert_eq!((t - &state[&k]).abs().max().double_value(&[]), 0.0, "{k}");
         }
     }
@@ -379,7 +478,7 @@ mod tests {
     #[test]
     fn one_step_matches_the_adamw_formula() {
         let p = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
-        let mut opt = AdamW::new([("p".to_string(), p.shallow_clone())].into(), 0.1, Kind::Float);
+        let mut opt = AdamW::new([("p".to_string(), p.shallow_clone())].into(), 0.1, Kind::Float, Part::WHOLE);
         let loss = (&p * &p).sum(Kind::Float);
         loss.backward();
         opt.update(0.01, &loss);
@@ -396,7 +495,7 @@ mod tests {
     #[test]
     fn a_non_finite_step_is_skipped_on_the_device() {
         let p = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
-        let mut opt = AdamW::new([("p".to_string(), p.shallow_clone())].into(), 0.1, Kind::Float);
+        let mut opt = AdamW::new([("p".to_string(), p.shallow_clone())].into(), 0.1, Kind::Float, Part::WHOLE);
         let before = p.detach().copy();
         // A NaN loss with NaN gradients (and clipping on, whose coefficient is NaN too).
         let loss = (&p * f64::NAN).sum(Kind::Float);
@@ -406,7 +505,7 @@ mod tests {
         opt.skipped();
         opt.zero_grad();
         assert_eq!((p.detach() - &before).abs().max().double_value(&[]), 0.0, "weights unchanged");
-        for (k, t) in opt.state() {
+        for (k, t) in opt.state(None).unwrap() {
             assert_eq!(t.abs().max().double_value(&[]), 0.0, "{k} unchanged");
         }
         assert_eq!(opt.step, 0);
@@ -425,10 +524,10 @@ mod tests {
     fn bf16_weights_update_fp32_masters() {
         let start = [1.0f32, -2.0, 0.3];
         let p = Tensor::from_slice(&start).set_requires_grad(true);
-        let mut opt = AdamW::new([("p".to_string(), p.shallow_clone())].into(), 0.0, Kind::BFloat16);
+        let mut opt = AdamW::new([("p".to_string(), p.shallow_clone())].into(), 0.0, Kind::BFloat16, Part::WHOLE);
         assert_eq!(p.kind(), Kind::BFloat16);
         let theirs = Tensor::from_slice(&start).set_requires_grad(true);
-        let mut fp32 = AdamW::new([("p".to_string(), theirs.shallow_clone())].into(), 0.0, Kind::Float);
+        let mut fp32 = AdamW::new([("p".to_string(), theirs.shallow_clone())].into(), 0.0, Kind::Float, Part::WHOLE);
         for step in 0..3 {
             for (opt, p) in [(&mut opt, &p), (&mut fp32, &theirs)] {
                 let loss = (p * p).sum(Kind::Float);
@@ -454,6 +553,80 @@ mod tests {
         assert_eq!(Vec::<f32>::try_from(&p.detach()).unwrap(), moved);
     }
 
+    /// Sharded state (ZeRO stage 1) on two ranks — two threads meeting over Gloo — takes one
+    /// process's steps: each rank's loss is half of the whole one, the ranks hold half the
+    /// moments each (7 values: one slice is padded), and the gathered moments are the whole
+    /// process's and restore into a fresh sharded optimizer.
+    #[test]
+    fn sharded_state_on_two_ranks_takes_one_process_s_steps() {
+        let a0 = [0.3f32, -1.2, 0.8, 2.0, -0.5, 1.1];
+        let b0 = [0.1f32];
+        let loss = |a: &Tensor, b: &Tensor, rank: Option<usize>| {
+            let parts = [(a * a).sum(Kind::Float) * 3.0, (b.sin() * a.sum(Kind::Float)).sum(Kind::Float)];
+            match rank {
+                Some(r) => parts[r].shallow_clone(),
+                None => &parts[0] + &parts[1],
+            }
+        };
+        let make = move |part: Part| {
+            let a = Tensor::from_slice(&a0).view([2, 3]).set_requires_grad(true);
+            let b = Tensor::from_slice(&b0).set_requires_grad(true);
+            let params = [("a".to_string(), a.shallow_clone()), ("b".to_string(), b.shallow_clone())];
+            (AdamW::new(params.into(), 0.05, Kind::Float, part), a, b)
+        };
+        let steps = 3;
+        let (mut whole, a, b) = make(Part::WHOLE);
+        for step in 0..steps {
+            let l = loss(&a, &b, None);
+            l.backward();
+            let _ = whole.clip_grad_norm(0.5);
+            whole.update(0.1 / (step + 1) as f64, &l);
+            whole.zero_grad();
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let ranks: Vec<_> = (0..2)
+            .map(|rank| {
+                std::thread::spawn(move || {
+                    let host = "127.0.0.1".to_string();
+                    let (prefix, key) = (String::new(), String::new());
+                    let ranks = crate::runtime::Ranks { rank, world: 2, host, port, timeout_s: 30, prefix, key };
+                    let group = Group::join(&ranks).unwrap();
+                    let (mut opt, a, b) = make(Part { rank, world: 2 });
+                    for step in 0..steps {
+                        let mut l = loss(&a, &b, Some(rank)).detach();
+                        loss(&a, &b, Some(rank)).backward();
+                        opt.prepare(0.1 / (step + 1) as f64);
+                        opt.reduce_gradients(&group).unwrap();
+                        group.sum(&mut l).unwrap();
+                        let _ = opt.clip_grad_norm_over(0.5, &group).unwrap();
+                        opt.apply(&l);
+                        opt.gather_weights(&group).unwrap();
+                        opt.zero_grad();
+                    }
+                    let state = opt.state(Some(&group)).unwrap();
+                    let (mut again, _, _) = make(Part { rank, world: 2 });
+                    again.restore(&state, opt.step).unwrap();
+                    let restored = again.state(Some(&group)).unwrap();
+                    let flat = |t: &Tensor| Vec::<f32>::try_from(&t.detach().reshape([-1])).unwrap();
+                    (flat(&a), flat(&b), opt.state_bytes(), state, restored)
+                })
+            })
+            .collect();
+        let expected = whole.state(None).unwrap();
+        for rank in ranks {
+            let (ra, rb, bytes, state, restored) = rank.join().unwrap();
+            for (x, y) in ra.iter().chain(&rb).zip(Vec::<f32>::try_from(&a.detach().reshape([-1])).unwrap().iter().chain(&Vec::<f32>::try_from(&b.detach()).unwrap())) {
+                assert!((x - y).abs() < 1e-6, "{ra:?} {rb:?} vs {a:?} {b:?}");
+            }
+            assert_eq!(bytes, 2 * 4 * 4, "two moments of a 4-value slice");
+            assert_eq!(whole.state_bytes(), 2 * 7 * 4);
+            for (k, t) in &expected {
+                assert!((&state[k] - t).abs().max().double_value(&[]) < 1e-7, "{k}");
+                assert_eq!((&restored[k] - &state[k]).abs().max().double_value(&[]), 0.0, "{k}");
+            }
+        }
+    }
+
     /// Backward writes straight into the flat gradient buffer: each parameter's `.grad` is a view
     /// of it, across steps and zeroing.
     #[test]
@@ -464,6 +637,7 @@ mod tests {
             [("a".to_string(), a.shallow_clone()), ("b".to_string(), b.shallow_clone())].into(),
             0.0,
             Kind::Float,
+            Part::WHOLE,
         );
         for _ in 0..2 {
             opt.zero_grad();

@@ -105,7 +105,8 @@ fn one_full_fine_tuning_step_matches_pytorch_adamw() {
     let b = build(Method::Full, &model, &p, Device::Cpu, &RUNTIME).unwrap();
     let before =
         weights::variables(&b.base).into_iter().map(|(k, v)| (k, v.detach().copy())).collect::<HashMap<_, _>>();
-    let mut opt = crate::train::optim::AdamW::new(weights::variables(&b.base), wd, Kind::Float);
+    let mut opt =
+        crate::train::optim::AdamW::new(weights::variables(&b.base), wd, Kind::Float, crate::train::optim::Part::WHOLE);
     let loss = b.model.loss(&x, &mask, &y, true);
     assert!((loss.double_value(&[]) - facts["loss"].as_f64().unwrap()).abs() < 1e-5, "loss");
     loss.backward();

@@ -12,7 +12,7 @@ use sumflow_stages::{AttentionBackend, Registry, RuntimeOptions};
 
 use crate::cache::Cache;
 use crate::commands::{self, Format};
-use crate::error::{chain, Error};
+use crate::error::Error;
 use crate::pipeline::{self, Pipeline};
 use crate::remote::{self, Remote};
 use crate::run::executor::Pull;
@@ -329,15 +329,8 @@ pub fn exit(result: Result<ExitCode, Error>) -> ExitCode {
         Ok(code) => code,
         // `sumflow cache ls | head -1`: the reader has what it wanted.
         Err(Error::ReaderGone) => ExitCode::SUCCESS,
-        // Pipeline diagnostics carry their own `error:` headers.
-        Err(e @ Error::Pipeline(_)) => {
-            eprintln!("{e}");
-            ExitCode::FAILURE
-        }
         Err(e) => {
-            for (k, message) in chain(&e).iter().enumerate() {
-                eprintln!("{}: {message}", if k == 0 { "error" } else { "caused by" });
-            }
+            crate::error::report(&e);
             ExitCode::FAILURE
         }
     }

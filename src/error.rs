@@ -184,3 +184,15 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
     }
     out
 }
+
+/// Prints an error with its causes: `error: …` then `caused by: …` (pipeline diagnostics carry
+/// their own `error:` headers).
+pub fn report(e: &Error) {
+    if let Error::Pipeline(_) = e {
+        eprintln!("{e}");
+        return;
+    }
+    for (k, message) in chain(e).iter().enumerate() {
+        eprintln!("{}: {message}", if k == 0 { "error" } else { "caused by" });
+    }
+}

@@ -40,7 +40,11 @@ fn venv_python() -> PathBuf {
 
 /// `torchrun … --node-rank NODE … sumflow run p.yaml` in `s`, started.
 fn torchrun(s: &Sandbox, node: usize, port: u16) -> std::process::Child {
-    Command::new(venv_python())
+    let mut command = Command::new(venv_python());
+    if let Some(worker) = s.path().join("worker.sh").exists().then(|| s.path().join("worker.sh")) {
+        command.env("SUMFLOW_WORKER", worker);
+    }
+    command
         .args(["-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1"])
         .arg(format!("--node-rank={node}"))
         .args(["--master-addr=127.0.0.1", &format!("--master-port={port}"), "--no-python"])
@@ -53,11 +57,14 @@ fn torchrun(s: &Sandbox, node: usize, port: u16) -> std::process::Child {
         .unwrap()
 }
 
-/// Runs the two nodes to the end: node 0's output, node 1's.
+/// Runs the two nodes to the end: node 0's output, node 1's. A sandbox's `worker.sh`, if it has
+/// one, is its node's worker.
 fn two_nodes(node0: &Sandbox, node1: &Sandbox) -> [Output; 2] {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let children = [torchrun(node0, 0, port), torchrun(node1, 1, port)];
-    children.map(|c| c.wait_with_output().unwrap())
+    // Both read at once: neither blocks on a full pipe while the other waits for it.
+    let waits = children.map(|c| std::thread::spawn(move || c.wait_with_output().unwrap()));
+    waits.map(|w| w.join().unwrap())
 }
 
 fn text(out: &[u8]) -> String {
@@ -93,6 +100,7 @@ fn two_torchrun_nodes_train_as_one_process() {
         "{stderr1}"
     );
     assert_eq!(stats(&node0, "full")["devices"], 2.0);
+    assert_eq!(stats(&node0, "lora")["devices"], 2.0);
     one.ok(&["run", "p.yaml"]);
     for (stage, output, weights) in
         [("full", "model", "model.safetensors"), ("lora", "adapter", "adapter_model.safetensors")]
@@ -146,5 +154,39 @@ fn a_rank_whose_pipeline_differs_is_refused_when_the_ranks_meet() {
     assert_eq!(report, [format!("        error: distributed: {refusal}")], "{stderr0}");
     assert!(stderr1.contains(&format!("error: distributed: {refusal}")), "{stderr1}");
     // The stage both ranks agree on still ran.
+    assert!(stderr0.contains("  ran   lora (train-lora)"), "{stderr0}");
+}
+
+/// Rank 0's stage fails before the ranks meet (its worker killed by SIGABRT as it starts): the
+/// other rank, waiting to meet, is told at once and fails the stage naming rank 0 and why —
+/// not after the 300 s the ranks wait for each other — and the next stage runs on both.
+#[test]
+fn a_stage_that_fails_on_rank_0_before_the_ranks_meet_fails_at_once_on_the_others() {
+    let (node0, node1) = (Sandbox::new(), Sandbox::new());
+    let model = without_dropout(&node0);
+    pipeline(&node0, &model, "0.001");
+    pipeline(&node1, &model, "0.001");
+    let real = Path::new(env!("CARGO_BIN_EXE_sumflow")).with_file_name("sumflow-worker");
+    let wrapper = node0.write(
+        "worker.sh",
+        format!(
+            "#!/bin/sh\nulimit -c 0\nif [ \"$2\" = full ]; then\n  kill -ABRT $$\nfi\nexec {} \"$@\"\n",
+            real.display()
+        ),
+    );
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let t0 = std::time::Instant::now();
+    let [out0, out1] = two_nodes(&node0, &node1);
+    let took = t0.elapsed();
+    let (stderr0, stderr1) = (text(&out0.stderr), text(&out1.stderr));
+    assert!(!out0.status.success() && !out1.status.success(), "{stderr0}\n{stderr1}");
+    assert!(took < std::time::Duration::from_secs(120), "took {took:?}");
+    let at = stderr0.find("  FAIL  full (train-full)").unwrap_or_else(|| panic!("{stderr0}"));
+    let report: Vec<&str> = stderr0[at..].lines().skip(1).take(1).collect();
+    assert_eq!(report, ["        error: its worker process died (signal: 6 (SIGABRT))"], "{stderr0}");
+    assert!(
+        stderr1.contains("error: distributed: rank 0 failed: its worker process died (signal: 6 (SIGABRT))"),
+        "{stderr1}"
+    );
     assert!(stderr0.contains("  ran   lora (train-lora)"), "{stderr0}");
 }

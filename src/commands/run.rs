@@ -1,6 +1,7 @@
 //! `sumflow run`: execute a pipeline (pulling from and pushing to a remote where asked), write
 //! its manifest and its lock file, print the stages' summaries and a closing line.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -46,9 +47,16 @@ pub fn run(p: &Pipeline, cache: &Cache, req: RunRequest, runtime: RuntimeOptions
     let world = match Torchrun::from_env()? {
         Some(t) if t.rank != 0 => {
             // The keys this rank computes for its copy of the pipeline: rank 0 refuses a rank
-            // whose key for a stage differs from its own.
-            let plans = plan::plan(p, cache, &Selection::default(), &runtime)?;
-            let keys = plans.into_iter().map(|s| (s.id, s.key)).collect();
+            // whose key for a stage differs from its own. A rank that cannot plan (a file the
+            // pipeline reads is missing here) still follows, to be refused at once each time
+            // rather than leave rank 0 waiting.
+            let keys = match plan::plan(p, cache, &Selection::default(), &runtime) {
+                Ok(plans) => plans.into_iter().map(|s| (s.id, s.key)).collect(),
+                Err(e) => {
+                    crate::error::report(&e);
+                    BTreeMap::new()
+                }
+            };
             eprintln!("rank {} of {}: joining rank 0's distributed stages", t.rank, t.world);
             return torchrun::follow(&t, keys);
         }
@@ -93,6 +101,10 @@ pub fn run(p: &Pipeline, cache: &Cache, req: RunRequest, runtime: RuntimeOptions
     };
     if let Some(j) = req.jobs {
         opts.jobs = j;
+    }
+    // Under torchrun the machine's other GPUs are the other local ranks'.
+    if let Some(world) = &opts.world {
+        opts.gpus.retain(|g| g.cuda == world.local_gpu());
     }
     let started = SystemTime::now();
     let runs = executor::run(p, cache, &opts, &Console::default())?;

@@ -15,19 +15,21 @@
 //! this attempt, `/worker/attempt_<restart>`), and `done` when the run ends; the other ranks'
 //! `follow` workers wait for them in turn. Rank 0 runs distributed stages one at a time (each
 //! takes every rank). The ranks meet per stage under `…/sumflow/stage<n>`, where rank 0 refuses
-//! ranks whose sumflow version or stage key differ from its own. The other ranks read the
-//! stage's inputs at rank 0's paths: its cache must be on a path every machine shares.
+//! ranks whose sumflow version or stage key differ from its own. A rank whose stage fails says
+//! so there (rank 0 through its `lead` worker), so that no rank waits for it. The other ranks
+//! read the stage's inputs at rank 0's paths: its cache must be on a path every machine shares.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
 use std::sync::Mutex;
 
+use serde::{Deserialize, Serialize};
 use sumflow_stages::Ranks;
 
 use super::spawn::{Ran, RANK_TIMEOUT_S};
 use super::{binary, Job};
-use crate::error::Error;
+use crate::error::{chain, Error};
 
 /// What torchrun told this process: its rank and where the world's store is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +97,16 @@ impl Torchrun {
     }
 }
 
+/// What rank 0's runner asks of its `lead` worker, one JSON line each; it answers `ok` or why not.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+enum Lead {
+    /// Announce the next distributed stage.
+    Job(Box<Job>),
+    /// Distributed stage `stage` failed on rank 0 (`why`): the others stop waiting for it.
+    Failed { stage: usize, why: String },
+}
+
 /// Rank 0's side: its `lead` worker, which announces each distributed stage to the others.
 #[derive(Debug)]
 pub struct World {
@@ -126,9 +138,9 @@ impl World {
         Ok(World { torchrun, leader: Mutex::new(leader) })
     }
 
-    /// How many ranks the world has.
-    pub fn size(&self) -> usize {
-        self.torchrun.world
+    /// This rank's GPU on its machine (`LOCAL_RANK`): rank 0's GPU stages run there.
+    pub fn local_gpu(&self) -> usize {
+        self.torchrun.local_rank
     }
 
     /// Runs distributed stage `job` (key `key`) with `run` as rank 0 of the world, once the
@@ -136,18 +148,23 @@ impl World {
     pub fn run(&self, job: &Job, key: &str, run: impl FnOnce(&Job) -> Result<Ran, Error>) -> Result<Ran, Error> {
         let mut leader = self.leader.lock().unwrap_or_else(|e| e.into_inner());
         let mut job = job.clone();
-        job.ranks = Some(self.torchrun.ranks(0, leader.next, key));
-        // Each rank has its machine's GPU `LOCAL_RANK`, rank 0 too.
-        job.gpu = job.gpu.map(|_| self.torchrun.local_rank);
-        leader.announce(&job)?;
+        let stage = leader.next;
+        job.ranks = Some(self.torchrun.ranks(0, stage, key));
+        leader.ask(&Lead::Job(Box::new(job.clone())))?;
         leader.next += 1;
-        run(&job)
+        let ran = run(&job);
+        if let Err(e) = &ran {
+            // Ranks still waiting to meet, or for rank 0's part, stop at once. If this fails
+            // too, they wait out their timeout.
+            let _ = leader.ask(&Lead::Failed { stage, why: chain(e).join(": ") });
+        }
+        ran
     }
 }
 
 impl Leader {
-    fn announce(&mut self, job: &Job) -> Result<(), Error> {
-        let mut line = serde_json::to_string(job).expect("jobs serialize");
+    fn ask(&mut self, lead: &Lead) -> Result<(), Error> {
+        let mut line = serde_json::to_string(lead).expect("requests serialize");
         line.push('\n');
         let stdin = self.stdin.as_mut().expect("open until dropped");
         let mut reply = String::new();
@@ -201,10 +218,10 @@ pub mod serve {
     use std::process::ExitCode;
     use std::time::Duration;
 
-    use sumflow_stages::tools::Store;
+    use sumflow_stages::tools::{report_failure, Store};
     use sumflow_stages::NoProgress;
 
-    use super::{Job, Torchrun};
+    use super::{Job, Lead, Torchrun};
     use crate::error::{chain, Error};
 
     fn store(torchrun: &Torchrun) -> Result<Store, Error> {
@@ -220,8 +237,10 @@ pub mod serve {
         format!("sumflow/job/{n}")
     }
 
-    /// `sumflow-worker lead`: each job line on stdin goes to the store as the next job, and `ok`
-    /// comes back; at end of file (the run is over, or the runner died), `done`.
+    /// `sumflow-worker lead`: for each request on stdin, a job goes to the store as the next
+    /// one, or a stage's failure under that stage's keys, and `ok` comes back; at end of file
+    /// (the run is over, or the runner died), `done`. It stops at the first request it cannot
+    /// carry out, saying why: the runner's next request then fails.
     pub fn lead() -> ExitCode {
         let result = (|| -> Result<(), Error> {
             let t = torchrun()?;
@@ -229,11 +248,18 @@ pub mod serve {
             let mut n = 0;
             for line in std::io::stdin().lock().lines() {
                 let line = line.map_err(|e| Error::io("stdin", e))?;
-                let said = store.set(&job_key(n), line.as_bytes()).map(|_| "ok".to_string());
-                let reply = said.unwrap_or_else(|e| chain(&Error::from(e)).join(": "));
-                println!("{reply}");
+                let lead: Lead = serde_json::from_str(&line)
+                    .map_err(|e| Error::Torchrun(format!("a request from the runner: {e}")))?;
+                match lead {
+                    Lead::Job(job) => {
+                        let text = serde_json::to_vec(&job).expect("jobs serialize");
+                        store.set(&job_key(n), &text)?;
+                        n += 1;
+                    }
+                    Lead::Failed { stage, why } => report_failure(&t.ranks(0, stage, ""), &why)?,
+                }
+                println!("ok");
                 let _ = std::io::stdout().flush();
-                n += 1;
             }
             Ok(store.set(&job_key(n), b"done")?)
         })();
@@ -258,11 +284,7 @@ pub mod serve {
             let _ = stdin.read_to_end(&mut Vec::new());
             std::process::exit(3);
         });
-        let show = |e: &Error| {
-            for (k, message) in chain(e).iter().enumerate() {
-                eprintln!("{}: {message}", if k == 0 { "error" } else { "caused by" });
-            }
-        };
+        let show = crate::error::report;
         let result = (|| -> Result<bool, Error> {
             let keys: BTreeMap<String, String> =
                 serde_json::from_str(&line).map_err(|e| Error::Torchrun(format!("this rank's stage keys: {e}")))?;
@@ -276,10 +298,12 @@ pub mod serve {
                 }
                 let ran = match serde_json::from_slice::<Job>(&text) {
                     Ok(job) => run_as(&t, n, job, &keys),
-                    Err(e) => refuse(&t, n, &text, &keys, e),
+                    Err(e) => refuse(&t, n, e),
                 };
                 if let Err(e) = ran {
                     show(&e);
+                    // Rank 0 stops waiting for this rank, to meet or for its part.
+                    let _ = report_failure(&t.ranks(t.rank, n, ""), &chain(&e).join(": "));
                     all_ran = false;
                 }
             }
@@ -296,18 +320,10 @@ pub mod serve {
     }
 
     /// Rank 0's job `n` is not one this worker reads (another sumflow wrote it): meet rank 0
-    /// anyway, so that it refuses this rank at once, naming both versions, rather than wait.
-    fn refuse(
-        t: &Torchrun,
-        n: usize,
-        text: &[u8],
-        keys: &BTreeMap<String, String>,
-        e: serde_json::Error,
-    ) -> Result<(), Error> {
-        let job: serde_json::Value = serde_json::from_slice(text).unwrap_or_default();
-        let stage = job["stage_id"].as_str().unwrap_or_default();
-        let key = keys.get(stage).map_or("(no such stage)", String::as_str);
-        sumflow_stages::tools::meet(&t.ranks(t.rank, n, key))?;
+    /// anyway, under a key no job has, so that rank 0 refuses this rank at once, naming both
+    /// versions.
+    fn refuse(t: &Torchrun, n: usize, e: serde_json::Error) -> Result<(), Error> {
+        sumflow_stages::tools::meet(&t.ranks(t.rank, n, "(unreadable job)"))?;
         Err(Error::Torchrun(format!("rank 0's job {n} is not one this worker reads: {e}")))
     }
 
@@ -325,7 +341,7 @@ pub mod serve {
                 )));
             }
         }
-        let key = keys.get(&job.stage_id).map_or("(no such stage)", String::as_str);
+        let key = keys.get(&job.stage_id).map_or("(not planned here)", String::as_str);
         job.ranks = Some(t.ranks(t.rank, n, key));
         job.gpu = job.gpu.map(|_| t.local_rank);
         let scratch = std::env::temp_dir().join(format!("sumflow-rank{}-{}-stage{n}", t.rank, std::process::id()));

@@ -155,6 +155,13 @@ int sumflow_store_get(void *store, const char *key, unsigned char **out, size_t 
   });
 }
 
+// Whether `key` is set (1) or not (0), without waiting; -1 on failure (the store is gone).
+int sumflow_store_check(void *store, const char *key, char *err, size_t len) {
+  bool set = false;
+  int rc = guarded(err, len, [&] { set = static_cast<Store *>(store)->store->check({std::string(key)}); });
+  return rc == 0 ? (set ? 1 : 0) : -1;
+}
+
 // Adds `delta` to the integer at `key` (0 when unset) and writes the sum to `*out`: a counter
 // all ranks can share.
 int sumflow_store_add(void *store, const char *key, long long delta, long long *out, char *err, size_t len) {

@@ -18,7 +18,7 @@ mod models;
 /// The c10d store torchrun's agent serves, and the ranks' meeting in it, for the runner's
 /// `lead` and `follow` workers.
 #[cfg(feature = "torch")]
-pub use crate::torch::dist::{meet, Store};
+pub use crate::torch::dist::{meet, report_failure, Store};
 #[cfg(feature = "torch")]
 pub use bench::{bench, BenchReport, BenchSettings, Figures, PeakMemory};
 #[cfg(feature = "torch")]

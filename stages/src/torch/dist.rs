@@ -42,6 +42,7 @@ extern "C" {
         err: *mut c_char,
         len: usize,
     ) -> c_int;
+    fn sumflow_store_check(store: *mut c_void, key: *const c_char, err: *mut c_char, len: usize) -> c_int;
     fn sumflow_dist_free(p: *mut c_void);
     fn sumflow_store_free(store: *mut c_void);
     fn sumflow_pg_gloo(
@@ -153,6 +154,44 @@ impl Store {
         }
     }
 
+    /// Whether `key` is set, at once.
+    fn check(&self, key: &str) -> Result<bool, StageError> {
+        let k = cstr(key)?;
+        // SAFETY: a live handle and a C string that outlive the call.
+        let mut set = false;
+        call(key, |err, len| {
+            let rc = unsafe { sumflow_store_check(self.0, k.as_ptr(), err, len) };
+            set = rc == 1;
+            ((), rc >= 0)
+        })?;
+        Ok(set)
+    }
+
+    /// The value rank `from` sets at `key`, waiting up to `limit` (none: as long as it takes) —
+    /// unless some rank of `world` reports that it failed ([`report_failure`]) first: then an
+    /// error naming it and why, at once, rather than a wait for a rank that will never come.
+    fn wait_for(&self, key: &str, from: usize, world: usize, limit: Option<Duration>) -> Result<Vec<u8>, StageError> {
+        let start = std::time::Instant::now();
+        loop {
+            if self.check(key)? {
+                return self.get(key);
+            }
+            for rank in 0..world {
+                if self.check(&failed_key(rank))? {
+                    let why = String::from_utf8_lossy(&self.get(&failed_key(rank))?).into_owned();
+                    return Err(StageError::Distributed(format!("rank {rank} failed: {why}")));
+                }
+            }
+            if limit.is_some_and(|l| start.elapsed() > l) {
+                return Err(StageError::Distributed(format!(
+                    "rank {from} did not come within {} s (key {key})",
+                    limit.unwrap_or_default().as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The value of `key`, waiting (up to the store's timeout) for some rank to set it.
     pub fn get(&self, key: &str) -> Result<Vec<u8>, StageError> {
         let k = cstr(key)?;
@@ -164,6 +203,21 @@ impl Store {
         unsafe { sumflow_dist_free(out.cast()) };
         Ok(value)
     }
+}
+
+
+fn failed_key(rank: usize) -> String {
+    format!("sumflow/failed/rank{rank}")
+}
+
+/// Tells the other ranks of the stage `ranks` describes that this one failed (`why`), so that
+/// whoever waits for it — to meet, or for its share of the results — fails at once, naming it.
+/// For ranks that meet in torchrun's store, which outlives them (a rank of `devices: N` that
+/// fails is stopped with the others by the runner).
+pub fn report_failure(ranks: &Ranks, why: &str) -> Result<(), StageError> {
+    let timeout = Duration::from_secs(ranks.timeout_s);
+    let store = Store::tcp(&ranks.host, ranks.port, 0, false, timeout, &ranks.prefix)?;
+    store.set(&failed_key(ranks.rank), why.as_bytes())
 }
 
 impl Drop for Store {
@@ -218,7 +272,7 @@ impl Group {
         }
         let mut all = Vec::with_capacity(self.world);
         for rank in 0..self.world {
-            all.push(self.store.wait(&key(rank))?);
+            all.push(self.store.wait_for(&key(rank), rank, self.world, None)?);
         }
         Ok(Some(all))
     }
@@ -249,7 +303,8 @@ impl Group {
     }
 
     /// Fills `output` (world × `part`'s length, contiguous) with every rank's `part`, in rank
-    /// order. `part` must not be a view of `output`.
+    /// order. `part` may be this rank's slice of `output` (in place: Gloo gathers through a
+    /// buffer of its own, NCCL takes `output + rank · length` as in place).
     pub fn gather_into(&self, output: &mut Tensor, part: &mut Tensor) -> Result<(), StageError> {
         // SAFETY: as for `sum_scattered`.
         call("all-gather", |err, len| {
@@ -277,13 +332,16 @@ pub fn meet(ranks: &Ranks) -> Result<Store, StageError> {
     let store = Store::tcp(&ranks.host, ranks.port, ranks.world, serves, timeout, &ranks.prefix)?;
     let mut me = format!("sumflow {}", env!("CARGO_PKG_VERSION"));
     if !ranks.key.is_empty() {
-        me.push_str(&format!(", stage key {}", &ranks.key[..ranks.key.len().min(12)]));
+        // A key's first 12 hex digits, as `sumflow plan` shows it; anything else whole.
+        let key = if ranks.key.len() == 64 { &ranks.key[..12] } else { &ranks.key };
+        me.push_str(&format!(", stage key {key}"));
     }
     store.set(&format!("sumflow/rank{}", ranks.rank), me.as_bytes())?;
     if ranks.rank == 0 {
         let mut verdict = "ok".to_string();
         for r in 1..ranks.world {
-            let theirs = String::from_utf8_lossy(&store.get(&format!("sumflow/rank{r}"))?).into_owned();
+            let theirs = store.wait_for(&format!("sumflow/rank{r}"), r, ranks.world, Some(timeout))?;
+            let theirs = String::from_utf8_lossy(&theirs).into_owned();
             if theirs != me {
                 verdict = format!(
                     "rank {r} runs {theirs} and rank 0 {me}: every rank must run the same sumflow on the same pipeline"
@@ -296,7 +354,8 @@ pub fn meet(ranks: &Ranks) -> Result<Store, StageError> {
             return Err(StageError::Distributed(verdict));
         }
     } else {
-        let verdict = String::from_utf8_lossy(&store.get("sumflow/verdict")?).into_owned();
+        let verdict = store.wait_for("sumflow/verdict", 0, ranks.world, Some(timeout))?;
+        let verdict = String::from_utf8_lossy(&verdict).into_owned();
         if verdict != "ok" {
             return Err(StageError::Distributed(verdict));
         }

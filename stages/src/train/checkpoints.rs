@@ -117,14 +117,17 @@ impl Checkpoints {
     }
 
     /// Loads the latest checkpoint into `opt` when there is one and it is intact; a damaged one
-    /// is removed (and so is `latest`), and the run starts over.
-    pub fn resume(&self, opt: &mut AdamW) -> Result<Resumed, StageError> {
+    /// is removed (and so is `latest`) when `owner` (the rank that writes them), and the run
+    /// starts over.
+    pub fn resume(&self, opt: &mut AdamW, owner: bool) -> Result<Resumed, StageError> {
         let latest = self.dir.join("latest");
         let Ok(name) = std::fs::read_to_string(&latest) else { return Ok(Resumed::Fresh) };
         let dir = self.dir.join(name.trim());
         if let Some(why) = Self::damage(&dir) {
-            let _ = std::fs::remove_file(&latest);
-            let _ = std::fs::remove_dir_all(&dir);
+            if owner {
+                let _ = std::fs::remove_file(&latest);
+                let _ = std::fs::remove_dir_all(&dir);
+            }
             return Ok(Resumed::Discarded(why));
         }
         weights::load_into(opt.masters(), &dir.join(FILES[0]))?;

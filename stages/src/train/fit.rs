@@ -150,7 +150,7 @@ fn optimizer(b: &Built, p: &TrainParams, device: Device, part: Part) -> AdamW {
 /// The progress to continue from: the latest intact checkpoint's, or a fresh start (a damaged
 /// checkpoint is discarded, with a warning).
 fn resume(checkpoints: &Checkpoints, opt: &mut AdamW, ctx: &StageContext) -> Result<Progress, StageError> {
-    Ok(match checkpoints.resume(opt)? {
+    Ok(match checkpoints.resume(opt, ctx.writes_outputs())? {
         Resumed::Fresh => Progress::default(),
         Resumed::At(progress) => {
             ctx.progress.message(&format!("resumed at step {}", progress.step));

@@ -223,6 +223,7 @@ impl AdamW {
     pub fn apply(&mut self, loss: &Tensor) {
         let (beta1, beta2, eps) = (self.beta1, self.beta2, self.eps);
         let g = self.gradient();
+        assert!(!self.sharded() || self.norm.is_some(), "sharded state: the global norm comes first (clip_grad_norm_over)");
         let w = self.mine(&self.flat);
         let norm = self.norm.take().unwrap_or_else(|| tch::no_grad(|| g.norm()));
         // In place, as `torch.optim.AdamW`'s multi-tensor path does it, with the step's scalars

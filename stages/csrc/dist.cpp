@@ -264,6 +264,22 @@ int sumflow_pg_allgather(void *pg, at::Tensor *output, at::Tensor *input, char *
   });
 }
 
+// Gathers every rank's `input` into `output` (world size × input's numel, same dtype) on rank
+// `root`, in rank order; the other ranks pass a null `output`: `gather` into one tensor.
+int sumflow_pg_gather(void *pg, at::Tensor *output, at::Tensor *input, int root, char *err, size_t len) {
+  return guarded(err, len, [&] {
+    auto *g = static_cast<Group *>(pg);
+    std::vector<std::vector<at::Tensor>> outputs;
+    if (output != nullptr) {
+      outputs.push_back(at::chunk(*output, g->backend->getSize(), 0));
+    }
+    std::vector<at::Tensor> inputs{*input};
+    c10d::GatherOptions opts;
+    opts.rootRank = root;
+    run(g, g->backend->gather(outputs, inputs, opts));
+  });
+}
+
 // Reduces `input` (world size × output's numel) over all ranks and leaves the rank-th slice in
 // `output`: `reduce_scatter_tensor` (op as for allreduce).
 int sumflow_pg_reduce_scatter(void *pg, at::Tensor *output, at::Tensor *input, int op, char *err, size_t len) {

@@ -57,6 +57,14 @@ extern "C" {
     fn sumflow_pg_allreduce(pg: *mut c_void, t: *mut c_void, op: c_int, err: *mut c_char, len: usize) -> c_int;
     fn sumflow_pg_broadcast(pg: *mut c_void, t: *mut c_void, root: c_int, err: *mut c_char, len: usize) -> c_int;
     fn sumflow_pg_allgather(pg: *mut c_void, output: *mut c_void, input: *mut c_void, err: *mut c_char, len: usize) -> c_int;
+    fn sumflow_pg_gather(
+        pg: *mut c_void,
+        output: *mut c_void,
+        input: *mut c_void,
+        root: c_int,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
     fn sumflow_pg_reduce_scatter(
         pg: *mut c_void,
         output: *mut c_void,
@@ -299,6 +307,16 @@ impl Group {
         call("reduce-scatter", |err, len| {
             let rc = unsafe { sumflow_pg_reduce_scatter(self.pg, part.as_mut_ptr().cast(), input.as_mut_ptr().cast(), 0, err, len) };
             ((), rc == 0)
+        })
+    }
+
+    /// Every rank's `part`, in rank order, into `output` (world × `part`'s length, contiguous)
+    /// on rank 0; the other ranks give `None` and receive nothing.
+    pub fn gather_to_first(&self, output: Option<&mut Tensor>, part: &mut Tensor) -> Result<(), StageError> {
+        let out = output.map_or(std::ptr::null_mut(), |t| t.as_mut_ptr().cast());
+        // SAFETY: a live handle and tensors (or null) borrowed for the (blocking) call.
+        call("gather", |err, len| {
+            ((), unsafe { sumflow_pg_gather(self.pg, out, part.as_mut_ptr().cast(), 0, err, len) } == 0)
         })
     }
 

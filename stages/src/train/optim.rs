@@ -322,18 +322,20 @@ impl AdamW {
     }
 
     /// The moments, named `m.<param>` and `v.<param>`, for a checkpoint. With sharded state they
-    /// are gathered from every rank: a collective that every rank of `group` calls.
+    /// are gathered on rank 0 (a collective that every rank of `group` calls); the other ranks,
+    /// which write no checkpoint, get an empty map and hold no more than their slice.
     pub fn state(&self, group: Option<&Group>) -> Result<BTreeMap<String, Tensor>, StageError> {
-        let whole = |moment: &Tensor| -> Result<Tensor, StageError> {
+        let whole = |moment: &Tensor| -> Result<Option<Tensor>, StageError> {
             if !self.sharded() {
-                return Ok(moment.shallow_clone());
+                return Ok(Some(moment.shallow_clone()));
             }
             let group = group.expect("sharded state is gathered over its group");
-            let mut all = Tensor::zeros([self.len * self.part.world as i64], (Kind::Float, moment.device()));
-            group.gather_into(&mut all, &mut moment.shallow_clone())?;
+            let mut all = (self.part.rank == 0)
+                .then(|| Tensor::zeros([self.len * self.part.world as i64], (Kind::Float, moment.device())));
+            group.gather_to_first(all.as_mut(), &mut moment.shallow_clone())?;
             Ok(all)
         };
-        let (m, v) = (whole(&self.m)?, whole(&self.v)?);
+        let (Some(m), Some(v)) = (whole(&self.m)?, whole(&self.v)?) else { return Ok(BTreeMap::new()) };
         let m = views(&m, &self.layout).map(|(name, t)| (format!("m.{name}"), t));
         let v = views(&v, &self.layout).map(|(name, t)| (format!("v.{name}"), t));
         Ok(m.chain(v).collect())
@@ -556,8 +558,9 @@ mod tests {
 
     /// Sharded state (ZeRO stage 1) on two ranks — two threads meeting over Gloo — takes one
     /// process's steps: each rank's loss is half of the whole one, the ranks hold half the
-    /// moments each (7 values: one slice is padded), and the gathered moments are the whole
-    /// process's and restore into a fresh sharded optimizer.
+    /// moments each (7 values: one slice is padded), and the moments gathered on rank 0 are the
+    /// whole process's; restored from those into fresh sharded optimizers, each rank takes its
+    /// slice (gathered again: exactly them).
     #[test]
     fn sharded_state_on_two_ranks_takes_one_process_s_steps() {
         let a0 = [0.3f32, -1.2, 0.8, 2.0, -0.5, 1.1];
@@ -584,9 +587,11 @@ mod tests {
             whole.update(0.1 / (step + 1) as f64, &l);
             whole.zero_grad();
         }
+        let expected = whole.state(None).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let ranks: Vec<_> = (0..2)
             .map(|rank| {
+                let checkpoint: BTreeMap<String, Tensor> = expected.iter().map(|(k, t)| (k.clone(), t.copy())).collect();
                 std::thread::spawn(move || {
                     let host = "127.0.0.1".to_string();
                     let (prefix, key) = (String::new(), String::new());
@@ -606,24 +611,27 @@ mod tests {
                     }
                     let state = opt.state(Some(&group)).unwrap();
                     let (mut again, _, _) = make(Part { rank, world: 2 });
-                    again.restore(&state, opt.step).unwrap();
+                    again.restore(&checkpoint, opt.step).unwrap();
                     let restored = again.state(Some(&group)).unwrap();
                     let flat = |t: &Tensor| Vec::<f32>::try_from(&t.detach().reshape([-1])).unwrap();
-                    (flat(&a), flat(&b), opt.state_bytes(), state, restored)
+                    (rank, flat(&a), flat(&b), opt.state_bytes(), state, restored)
                 })
             })
             .collect();
-        let expected = whole.state(None).unwrap();
         for rank in ranks {
-            let (ra, rb, bytes, state, restored) = rank.join().unwrap();
+            let (rank, ra, rb, bytes, state, restored) = rank.join().unwrap();
             for (x, y) in ra.iter().chain(&rb).zip(Vec::<f32>::try_from(&a.detach().reshape([-1])).unwrap().iter().chain(&Vec::<f32>::try_from(&b.detach()).unwrap())) {
                 assert!((x - y).abs() < 1e-6, "{ra:?} {rb:?} vs {a:?} {b:?}");
             }
             assert_eq!(bytes, 2 * 4 * 4, "two moments of a 4-value slice");
             assert_eq!(whole.state_bytes(), 2 * 7 * 4);
+            if rank != 0 {
+                assert!(state.is_empty() && restored.is_empty(), "only rank 0 holds the whole moments");
+                continue;
+            }
             for (k, t) in &expected {
                 assert!((&state[k] - t).abs().max().double_value(&[]) < 1e-7, "{k}");
-                assert_eq!((&restored[k] - &state[k]).abs().max().double_value(&[]), 0.0, "{k}");
+                assert_eq!((&restored[k] - t).abs().max().double_value(&[]), 0.0, "{k}");
             }
         }
     }

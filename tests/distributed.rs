@@ -115,11 +115,8 @@ fn lora_on_two_ranks_is_one_process_s() {
         1e-4,
     );
     // The adapter the two ranks wrote loads in PEFT, every tensor as written.
-    let venv = std::env::var_os("VIRTUAL_ENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv"));
     let adapter = artifact(&two, "train", "adapter");
-    let out = std::process::Command::new(venv.join("bin/python"))
+    let out = std::process::Command::new(crate::common::venv_bin("python"))
         .args(["-c", PEFT_LOAD, two.path().join("m").to_str().unwrap(), adapter.to_str().unwrap()])
         .output()
         .unwrap();

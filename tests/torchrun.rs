@@ -4,10 +4,10 @@
 //! process's losses and weights (dropout off; the tolerances of `distributed`). A rank whose
 //! pipeline differs is refused when the ranks meet, naming both keys.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use crate::common::{shared, Sandbox};
+use crate::common::{aborting_worker, shared, venv_bin, Sandbox};
 use crate::distributed::without_dropout;
 use crate::training::{artifact, losses};
 
@@ -31,16 +31,9 @@ fn pipeline(s: &Sandbox, model: &Path, lr: &str) {
     );
 }
 
-fn venv_python() -> PathBuf {
-    std::env::var_os("VIRTUAL_ENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv"))
-        .join("bin/python")
-}
-
 /// `torchrun … --node-rank NODE … sumflow run p.yaml` in `s`, started.
 fn torchrun(s: &Sandbox, node: usize, port: u16) -> std::process::Child {
-    let mut command = Command::new(venv_python());
+    let mut command = Command::new(venv_bin("python"));
     if let Some(worker) = s.path().join("worker.sh").exists().then(|| s.path().join("worker.sh")) {
         command.env("SUMFLOW_WORKER", worker);
     }
@@ -73,12 +66,9 @@ fn text(out: &[u8]) -> String {
 
 #[test]
 fn two_torchrun_nodes_train_as_one_process() {
-    let (node0, node1, one) = (Sandbox::new(), Sandbox::new(), Sandbox::new());
-    // The base model where both "machines" find it.
-    let model = without_dropout(&node0);
-    for s in [&node0, &node1, &one] {
-        pipeline(s, &model, "0.001");
-    }
+    let (node0, node1) = two_machines("0.001", "0.001");
+    let one = Sandbox::new();
+    pipeline(&one, &node0.path().join("m"), "0.001");
     let [out0, out1] = two_nodes(&node0, &node1);
     let (stderr0, stderr1) = (text(&out0.stderr), text(&out1.stderr));
     assert!(out0.status.success(), "{}\n{stderr0}\n{stderr1}", text(&out0.stdout));
@@ -134,12 +124,19 @@ fn short_key(s: &Sandbox, stage: &str) -> String {
     key[..12].to_string()
 }
 
-#[test]
-fn a_rank_whose_pipeline_differs_is_refused_when_the_ranks_meet() {
+/// Two "machines" with the pipeline, the full fine-tune at lr `lr0` on node 0 and `lr1` on
+/// node 1, and the base model where both find it.
+fn two_machines(lr0: &str, lr1: &str) -> (Sandbox, Sandbox) {
     let (node0, node1) = (Sandbox::new(), Sandbox::new());
     let model = without_dropout(&node0);
-    pipeline(&node0, &model, "0.001");
-    pipeline(&node1, &model, "0.002");
+    pipeline(&node0, &model, lr0);
+    pipeline(&node1, &model, lr1);
+    (node0, node1)
+}
+
+#[test]
+fn a_rank_whose_pipeline_differs_is_refused_when_the_ranks_meet() {
+    let (node0, node1) = two_machines("0.001", "0.002");
     let (key0, key1) = (short_key(&node0, "full"), short_key(&node1, "full"));
     assert_ne!(key0, key1);
     let [out0, out1] = two_nodes(&node0, &node1);
@@ -162,19 +159,8 @@ fn a_rank_whose_pipeline_differs_is_refused_when_the_ranks_meet() {
 /// not after the 300 s the ranks wait for each other — and the next stage runs on both.
 #[test]
 fn a_stage_that_fails_on_rank_0_before_the_ranks_meet_fails_at_once_on_the_others() {
-    let (node0, node1) = (Sandbox::new(), Sandbox::new());
-    let model = without_dropout(&node0);
-    pipeline(&node0, &model, "0.001");
-    pipeline(&node1, &model, "0.001");
-    let real = Path::new(env!("CARGO_BIN_EXE_sumflow")).with_file_name("sumflow-worker");
-    let wrapper = node0.write(
-        "worker.sh",
-        format!(
-            "#!/bin/sh\nulimit -c 0\nif [ \"$2\" = full ]; then\n  kill -ABRT $$\nfi\nexec {} \"$@\"\n",
-            real.display()
-        ),
-    );
-    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (node0, node1) = two_machines("0.001", "0.001");
+    aborting_worker(&node0, "worker.sh", "full");
     let t0 = std::time::Instant::now();
     let [out0, out1] = two_nodes(&node0, &node1);
     let took = t0.elapsed();

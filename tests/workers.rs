@@ -56,15 +56,7 @@ fn the_runner_binary_does_not_link_libtorch() {
 fn a_worker_that_aborts_fails_its_stage_only() {
     let s = Sandbox::new();
     pipeline(&s, crate::models::tiny_model());
-    let real = Path::new(env!("CARGO_BIN_EXE_sumflow")).with_file_name("sumflow-worker");
-    let wrapper = s.write(
-        "abort-worker.sh",
-        format!(
-            "#!/bin/sh\nulimit -c 0\nif [ \"$2\" = doomed ]; then\n  echo \"terminate called after throwing an instance of 'c10::Error'\" >&2\n  kill -ABRT $$\nfi\nexec {} \"$@\"\n",
-            real.display()
-        ),
-    );
-    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let wrapper = crate::common::aborting_worker(&s, "abort-worker.sh", "doomed");
     let out = s.cmd(&["run", "p.yaml", "--jobs", "1"]).env("SUMFLOW_WORKER", &wrapper).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

@@ -69,6 +69,31 @@ impl Sandbox {
 }
 
 /// A file under the shared data folder beside the repository.
+/// A program of the test venv (`$VIRTUAL_ENV`, else the repository's `.venv`).
+pub fn venv_bin(name: &str) -> PathBuf {
+    let venv = std::env::var_os("VIRTUAL_ENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv"));
+    venv.join("bin").join(name)
+}
+
+/// A worker at `s/NAME` that, asked to run stage `stage`, writes libtorch's abort line and is
+/// killed by SIGABRT (no core file), as a libtorch abort would; the real `sumflow-worker`
+/// otherwise.
+#[cfg(feature = "torch")]
+pub fn aborting_worker(s: &Sandbox, name: &str, stage: &str) -> PathBuf {
+    let real = Path::new(env!("CARGO_BIN_EXE_sumflow")).with_file_name("sumflow-worker");
+    let wrapper = s.write(
+        name,
+        format!(
+            "#!/bin/sh\nulimit -c 0\nif [ \"$2\" = {stage} ]; then\n  echo \"terminate called after throwing an instance of 'c10::Error'\" >&2\n  kill -ABRT $$\nfi\nexec {} \"$@\"\n",
+            real.display()
+        ),
+    );
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    wrapper
+}
+
 pub fn shared(rel: &str) -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(rel);
     std::fs::canonicalize(&p)

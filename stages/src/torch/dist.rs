@@ -201,7 +201,7 @@ impl Store {
     }
 
     /// The value of `key`, waiting (up to the store's timeout) for some rank to set it.
-    pub fn get(&self, key: &str) -> Result<Vec<u8>, StageError> {
+    fn get(&self, key: &str) -> Result<Vec<u8>, StageError> {
         let k = cstr(key)?;
         let (mut out, mut n): (*mut c_uchar, usize) = (std::ptr::null_mut(), 0);
         // SAFETY: a live handle and out-pointers to live locals; the shim mallocs `out`.
@@ -213,7 +213,6 @@ impl Store {
     }
 }
 
-
 fn failed_key(rank: usize) -> String {
     format!("sumflow/failed/rank{rank}")
 }
@@ -223,8 +222,7 @@ fn failed_key(rank: usize) -> String {
 /// For ranks that meet in torchrun's store, which outlives them (a rank of `devices: N` that
 /// fails is stopped with the others by the runner).
 pub fn report_failure(ranks: &Ranks, why: &str) -> Result<(), StageError> {
-    let timeout = Duration::from_secs(ranks.timeout_s);
-    let store = Store::tcp(&ranks.host, ranks.port, 0, false, timeout, &ranks.prefix)?;
+    let store = Store::client(&ranks.host, ranks.port, &ranks.prefix, Duration::from_secs(ranks.timeout_s))?;
     store.set(&failed_key(ranks.rank), why.as_bytes())
 }
 

@@ -89,8 +89,9 @@ pub fn fit(
         hooks.mark("batch");
         // The schedule counts optimizer steps; a batch whose loss is not finite is not one.
         let lr = linear_schedule(progress.step, p.warmup_steps, total, peak_lr);
-        let (loss, captured) =
-            stepper.step(&b.model, &mut opt, p, batch.as_ref(), share.weight, progress.step, lr, &mut hooks, ctx)?;
+        let clock = cadence.clock_due(p);
+        let Taken { loss, captured, clock } =
+            stepper.step(&b.model, &mut opt, p, batch.as_ref(), share.weight, progress.step, lr, clock, &mut hooks, ctx)?;
         let seconds = t0.elapsed().as_secs_f64();
         spent.step(seconds, captured);
         progress.batch += 1;
@@ -106,7 +107,7 @@ pub fn fit(
         if cadence.validation_due(p, &progress) && validation.is_some() {
             spent.validation += timed(|| progress.validation.push((progress.step, validation_loss(b, validation, p))));
         }
-        if cadence.checkpoint_due(p, &progress, total, stepper.group.as_ref())? {
+        if cadence.checkpoint_due(p, &progress, total, clock) {
             let t = Instant::now();
             // Every rank takes part in gathering sharded moments; rank 0 writes them.
             let state = opt.state(stepper.group.as_ref())?;
@@ -212,6 +213,15 @@ impl<'a> Epochs<'a> {
     }
 }
 
+/// What a step gave: its loss, read once the whole step is issued (the step's one wait for the
+/// device), whether it captured a new CUDA graph shape, and whether a checkpoint is due by the
+/// clock (on several ranks: by any rank's).
+struct Taken {
+    loss: f64,
+    captured: bool,
+    clock: bool,
+}
+
 /// One training step: replayed as a CUDA graph once a step of its batch shape was captured
 /// (`cuda_graphs` on CUDA), else issued eagerly — also, for the rest of the run, once a capture
 /// has failed.
@@ -244,9 +254,9 @@ impl Stepper {
     }
 
     /// Step `step` (from 0) on `batch` (this rank's share of it, `weight` of its label tokens;
-    /// none when the share is empty) at learning rate `lr`: its loss, read once the whole step
-    /// is issued (the step's one wait for the device), and whether it captured a new shape. A
-    /// non-finite loss (or gradient) skipped the update on the device.
+    /// none when the share is empty) at learning rate `lr`, `clock` saying whether this
+    /// process's clock has a checkpoint due. A non-finite loss (or gradient) skipped the update
+    /// on the device.
     #[allow(clippy::too_many_arguments)]
     fn step(
         &mut self,
@@ -257,20 +267,21 @@ impl Stepper {
         weight: f64,
         step: u64,
         lr: f64,
+        clock: bool,
         hooks: &mut Hooks,
         ctx: &StageContext,
-    ) -> Result<(f64, bool), StageError> {
+    ) -> Result<Taken, StageError> {
         self.taken += 1;
         let device = self.device;
         seed_step(p, step, self.group.as_ref().map_or(0, |g| g.rank));
         opt.prepare(lr);
         if let Some(group) = &self.group {
             let mark = &mut |phase| hooks.mark(phase);
-            let (loss, reducing) = issue_shared_step(model, opt, p, device, batch, weight, group, mark)?;
+            let (loss, clock, reducing) = issue_shared_step(model, opt, p, device, batch, weight, clock, group, mark)?;
             self.reducing += reducing;
-            let value = loss.double_value(&[]);
+            let loss = loss.double_value(&[]);
             hooks.mark("loss read");
-            return Ok((value, false));
+            return Ok(Taken { loss, captured: false, clock });
         }
         let batch = batch.expect("one process takes the whole batch");
         let before = self.captured();
@@ -297,7 +308,7 @@ impl Stepper {
         };
         let value = loss.double_value(&[]);
         hooks.mark("loss read");
-        Ok((value, self.captured() > before))
+        Ok(Taken { loss: value, captured: self.captured() > before, clock })
     }
 }
 
@@ -335,8 +346,11 @@ impl Share {
 /// weighted by its share of the label tokens; the gradients summed over the ranks into each
 /// rank's slice — so the ranks hold, between them, the gradient of the whole batch's token-mean
 /// loss, as one process would — then the same clipping (by the global norm) and each rank's
-/// update of its slice, and the updated slices gathered into every rank's weights. Returns the
-/// whole batch's loss, and the seconds the collectives took.
+/// update of its slice, and the updated slices gathered into every rank's weights. The loss's
+/// all-reduce also carries each rank's `clock` (a checkpoint due by time), so that the ranks,
+/// which gather the moments for a checkpoint together, agree on it at no extra collective.
+/// Returns the whole batch's loss, whether any rank's clock has a checkpoint due, and the
+/// seconds the collectives took.
 #[allow(clippy::too_many_arguments)]
 fn issue_shared_step(
     model: &T5,
@@ -345,10 +359,11 @@ fn issue_shared_step(
     device: Device,
     batch: Option<&Collated>,
     weight: f64,
+    clock: bool,
     group: &Group,
     mark: &mut dyn FnMut(&'static str),
-) -> Result<(Tensor, f64), StageError> {
-    let mut loss = match batch {
+) -> Result<(Tensor, bool, f64), StageError> {
+    let loss = match batch {
         Some(batch) => {
             let loss = autocast::bf16(device, p.autocast(device), || batch.loss(model, true)) * weight;
             mark("forward");
@@ -361,7 +376,10 @@ fn issue_shared_step(
     };
     let t = Instant::now();
     opt.reduce_gradients(group)?;
-    group.sum(&mut loss)?;
+    let clock = Tensor::from(f32::from(u8::from(clock))).to_device(device);
+    let mut shared = Tensor::stack(&[loss, clock], 0);
+    group.sum(&mut shared)?;
+    let loss = shared.get(0);
     let _norm = opt.clip_grad_norm_over(p.grad_clip, group)?;
     let mut reducing = t.elapsed().as_secs_f64();
     mark("reduce-scatter");
@@ -372,7 +390,8 @@ fn issue_shared_step(
     reducing += t.elapsed().as_secs_f64();
     opt.zero_grad();
     mark("all-gather");
-    Ok((loss, reducing))
+    let any_clock = shared.double_value(&[1]) > 0.0;
+    Ok((loss, any_clock, reducing))
 }
 
 /// Issues one training step on `batch` — forward, backward, clipping, the update `opt` was
@@ -498,24 +517,17 @@ impl Cadence {
         p.eval_every > 0 && progress.step.is_multiple_of(p.eval_every)
     }
 
-    /// On several ranks every one must agree (they gather the moments together): a checkpoint
-    /// is due by time when it is on any rank's clock.
-    fn checkpoint_due(
-        &self,
-        p: &TrainParams,
-        progress: &Progress,
-        total: u64,
-        group: Option<&Group>,
-    ) -> Result<bool, StageError> {
-        let by_steps = p.checkpoint_every > 0 && progress.step.is_multiple_of(p.checkpoint_every);
+    /// Whether `checkpoint_minutes` have passed on this process's clock since the last one.
+    fn clock_due(&self, p: &TrainParams) -> bool {
         let minutes = self.last_checkpoint.elapsed().as_secs_f64() / 60.0;
-        let mut by_time = p.checkpoint_minutes > 0.0 && minutes >= p.checkpoint_minutes;
-        if let (Some(group), true) = (group, p.checkpoint_minutes > 0.0) {
-            let mut any = Tensor::from(f32::from(u8::from(by_time)));
-            group.max(&mut any)?;
-            by_time = any.double_value(&[]) > 0.0;
-        }
-        Ok((by_steps || by_time) && progress.step < total)
+        p.checkpoint_minutes > 0.0 && minutes >= p.checkpoint_minutes
+    }
+
+    /// `clock`: a checkpoint is due by time — on several ranks, which must agree (they gather
+    /// the moments together), on any rank's clock, as the step's all-reduce found.
+    fn checkpoint_due(&self, p: &TrainParams, progress: &Progress, total: u64, clock: bool) -> bool {
+        let by_steps = p.checkpoint_every > 0 && progress.step.is_multiple_of(p.checkpoint_every);
+        (by_steps || clock) && progress.step < total
     }
 
     fn checkpointed(&mut self) {
